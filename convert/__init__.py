@@ -1,0 +1,30 @@
+"""Keras <-> PyTorch conversion of the keras-glacier DeepLab: one name map, both directions.
+
+``python -m convert RUN_DIR -o model.pth`` writes the state dict that solution.py loads.
+"""
+
+import keras_glacier  # noqa: F401  (selects the Keras backend before any submodule imports keras)
+
+# isort: split
+
+from convert.export import (
+    ConversionInputError,
+    ConversionReport,
+    convert_model,
+    load_keras_model,
+)
+from convert.name_map import ConversionError, check_against, keras_to_torch_state_dict, torch_to_keras
+from convert.pretrained import adapt_stem, load_torchvision_resnet34
+
+__all__ = [
+    "ConversionError",
+    "ConversionInputError",
+    "ConversionReport",
+    "adapt_stem",
+    "check_against",
+    "convert_model",
+    "keras_to_torch_state_dict",
+    "load_keras_model",
+    "load_torchvision_resnet34",
+    "torch_to_keras",
+]

@@ -1,0 +1,107 @@
+"""Initialises the Keras backbone from a torchvision-layout ResNet-34 state dict the user supplies.
+
+Nothing is downloaded: the user names a file (e.g. torchvision's ``resnet34-b627a593.pth``). The
+3-channel RGB stem is spread over the model's N input bands so that a band-stacked input of
+RGB-like statistics produces the same stem activations in expectation as RGB did.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from convert.name_map import ConversionError, iter_weighted_layers, layer_kind, torch_to_keras
+
+STEM_KEY = "conv1.weight"
+IGNORED_PREFIXES = ("fc.",)  # the ImageNet classifier has no counterpart in the segmentation model
+
+
+def adapt_stem(rgb_weight: np.ndarray, num_bands: int) -> np.ndarray:
+    """(64, 3, kh, kw) -> (64, N, kh, kw): band k gets RGB filter k % 3, all scaled by 3 / N.
+
+    The rescaling keeps the stem's response to a constant input the same as for 3 channels.
+    """
+    rgb_weight = np.asarray(rgb_weight, dtype=np.float32)
+    channels = rgb_weight.shape[1]
+    if channels == num_bands:
+        return rgb_weight
+    if channels != 3:
+        raise ConversionError(
+            f"stem '{STEM_KEY}' has {channels} input channels; expected 3 (RGB) or {num_bands}"
+        )
+    picks = [band % 3 for band in range(num_bands)]
+    return rgb_weight[:, picks] * np.float32(3.0 / num_bands)
+
+
+def _backbone_prefix_map(model: keras.Model) -> dict[str, str] | None:
+    """Prefix map that points the bare torchvision names at the model's backbone layers."""
+    if model.name == "backbone":
+        return None
+    try:
+        backbone = model.get_layer("backbone")
+    except ValueError as exc:
+        raise ConversionError(f"model '{model.name}' has no nested model named 'backbone'") from exc
+    if not isinstance(backbone, keras.Model):
+        raise ConversionError(f"layer 'backbone' of model '{model.name}' is not a nested model")
+    return {"backbone.": ""}
+
+
+def _stem_bands(model: keras.Model, prefix_map: dict[str, str] | None) -> int:
+    stem = "backbone.conv1" if prefix_map else "conv1"
+    for path, layer in iter_weighted_layers(model):
+        if path == stem:
+            return int(layer.kernel.shape[2])
+    raise ConversionError(f"model '{model.name}' has no stem convolution '{stem}'")
+
+
+def _read_state_dict(path: Path) -> Mapping[str, object]:
+    import torch
+
+    if not path.is_file():
+        raise ConversionError(f"{path}: no such file")
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a file it cannot read
+        raise ConversionError(f"{path}: not a PyTorch state dict file ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(state, Mapping) or not all(hasattr(v, "shape") for v in state.values()):
+        raise ConversionError(f"{path}: not a state dict of tensors (got {type(state).__name__})")
+    return state
+
+
+def load_torchvision_resnet34(path: str | Path, keras_model: keras.Model) -> set[str]:
+    """Loads the backbone weights of ``keras_model`` (whole model or its backbone) from ``path``.
+
+    Returns the state-dict keys that were used. Raises ConversionError naming the file and the first
+    missing key (or the mismatching shapes) when the file is not a torchvision ResNet-34 state dict;
+    the model is left untouched then.
+    """
+    path = Path(path)
+    state = _read_state_dict(path)
+    prefix_map = _backbone_prefix_map(keras_model)
+    expected = []
+    for layer_path, layer in iter_weighted_layers(keras_model):
+        if prefix_map is None or layer_path.startswith("backbone."):
+            name = layer_path[len("backbone.") :] if prefix_map else layer_path
+            _, rules = layer_kind(layer)
+            names = {variable.name for variable in layer.weights}
+            expected += [f"{name}.{rule.torch_suffix}" for rule in rules if rule.keras_name in names]
+    first_missing = next((key for key in expected if key not in state), None)
+    if first_missing is not None:
+        raise ConversionError(
+            f"{path}: not a torchvision ResNet-34 state dict (first missing key: '{first_missing}')"
+        )
+    adapted = {key: value for key, value in state.items() if not key.startswith(IGNORED_PREFIXES)}
+    adapted[STEM_KEY] = adapt_stem(_as_numpy(state[STEM_KEY]), _stem_bands(keras_model, prefix_map))
+    try:
+        return torch_to_keras(adapted, keras_model, prefix_map=prefix_map, strict=True)
+    except ConversionError as exc:
+        raise ConversionError(f"{path}: not a torchvision ResNet-34 state dict: {exc}") from exc
+
+
+def _as_numpy(value) -> np.ndarray:
+    if hasattr(value, "detach"):
+        return value.detach().cpu().float().numpy()
+    return np.asarray(value, dtype=np.float32)

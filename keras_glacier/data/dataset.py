@@ -1,0 +1,185 @@
+"""``GlacierSequence``: the Keras ``PyDataset`` that feeds training and validation.
+
+Batches are ``(x, y)``: ``x`` float32 (B, H, W, C) RAW band values (no-data pixels as they are in
+the files, NaN or all-zero; the model's ``BandNormalization`` does the scaling, so training and
+inference see the same input), ``y`` float32 (B, H, W, 1) with 1 glacier, 0 background and 255
+(IGNORE_INDEX) for pixels outside the HKH region or without data.
+
+Determinism: the sample order of an epoch and every random choice for a sample (crop position,
+augmentation) derive from ``(seed, epoch, sample index)`` only, never from thread timing or batch
+composition, so a run can be repeated exactly. Keras calls ``on_epoch_end`` after each epoch,
+which moves to the next epoch's order. Keras 3 also draws batches once before the first epoch
+(to build the optimizer; the prefetched batches are thrown away) and then calls ``on_epoch_end``,
+so on its own the dataset would start training at its epoch 1; the :class:`EpochSync` callback
+sets the dataset's epoch to Keras' epoch number at the start of every epoch, which also makes a
+resumed run (``initial_epoch``) draw what the uninterrupted run would have drawn.
+Pass ``shuffle=False`` to ``model.fit``: this dataset shuffles itself, and Keras' own batch-order
+shuffling would use Python's global RNG.
+
+Worker threads, not processes: JAX is initialised by then and forking after that is unsafe; the
+expensive parts (file reads, numpy, albumentations' OpenCV kernels) release the GIL.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import keras  # keras_glacier/__init__ (imported first, as our parent package) chose the backend
+import numpy as np
+
+from keras_glacier.constants import IGNORE_INDEX
+from keras_glacier.data.augment import AugmentConfig, Augmenter
+from keras_glacier.data.bands import check_bands
+from keras_glacier.data.cache import TileCache
+from keras_glacier.data.errors import InputError
+from keras_glacier.data.sources import Sample, Window, read_sample
+from keras_glacier.data.stats import BandStats, as_band_stats
+
+
+def crop_window(shape: tuple[int, int], crop: int, rng: np.random.Generator | None) -> Window:
+    """A ``crop`` x ``crop`` window inside ``shape`` (smaller where the tile is): random, or centred without rng."""
+    height, width = shape
+    h, w = min(crop, height), min(crop, width)
+    if rng is None:
+        return (height - h) // 2, (width - w) // 2, h, w
+    return int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w
+
+
+def pad_to(image: np.ndarray, label: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pad a tile smaller than the crop: NaN image (no-data), IGNORE_INDEX label (no loss)."""
+    pad = ((0, max(0, size - image.shape[0])), (0, max(0, size - image.shape[1])))
+    if not any(p[1] for p in pad):
+        return image, label
+    image = np.pad(image, (*pad, (0, 0)), constant_values=np.nan)
+    return image, np.pad(label, pad, constant_values=IGNORE_INDEX)
+
+
+class GlacierSequence(keras.utils.PyDataset):
+    """Batches of (raw bands, labels) from ``samples``; see the module docstring for the contract.
+
+    Args:
+        samples: labelled samples (``sources.discover(root).samples`` or one side of a split).
+        stats: training statistics (``BandStats`` or its dict); augmentation works on their unit scale.
+        bands: band indices to read (``DatasetSource.resolve_bands``).
+        batch_size: samples per batch.
+        crop: square crop size, or None for whole tiles (then all tiles of a batch must share a size).
+        augment: ``AugmentConfig`` for training, None for validation.
+        shuffle: new sample order every epoch (training).
+        seed: base seed of the order, the crops and the augmentation.
+        cache_dir: if given, the selected bands and labels of all samples are written there once
+            (``cache.py``) and read from that compact memory-mapped copy afterwards.
+        random_crop: random crop positions (default: when shuffling) instead of centred crops.
+        drop_remainder: drop the last incomplete batch (default: when shuffling), so that every
+            training step has one shape and the compiled step is not retraced; never drops the
+            only batch.
+        workers, max_queue_size: Keras' prefetching (threads).
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        stats: BandStats | dict,
+        bands: Sequence[int],
+        batch_size: int = 4,
+        crop: int | None = None,
+        augment: AugmentConfig | None = None,
+        shuffle: bool = False,
+        seed: int = 0,
+        cache_dir: str | Path | None = None,
+        random_crop: bool | None = None,
+        drop_remainder: bool | None = None,
+        workers: int = 2,
+        max_queue_size: int = 8,
+    ) -> None:
+        super().__init__(workers=workers, use_multiprocessing=False, max_queue_size=max_queue_size)
+        if not samples:
+            raise InputError("no samples to build batches from")
+        if batch_size < 1 or (crop is not None and crop < 1):
+            raise ValueError(f"batch_size ({batch_size}) and crop ({crop}) must be positive")
+        unlabelled = [sample for sample in samples if sample.label_path is None]
+        if unlabelled:
+            raise InputError(f"{unlabelled[0].image_paths[0]}: no label file (training and validation need labels)")
+        self.samples = list(samples)
+        self.stats = as_band_stats(stats)
+        self.bands = check_bands(bands)
+        if len(self.bands) != self.stats.num_bands:
+            raise InputError(f"{len(self.bands)} bands selected but the statistics describe {self.stats.num_bands}")
+        self.batch_size = int(batch_size)
+        self.crop = crop
+        self.shuffle = shuffle
+        self.seed = int(seed)
+        self.random_crop = shuffle if random_crop is None else random_crop
+        drop = shuffle if drop_remainder is None else drop_remainder
+        count = len(self.samples) / self.batch_size
+        self._num_batches = max(1, math.floor(count)) if drop else math.ceil(count)
+        self.augmenter = Augmenter(augment, self.stats) if augment is not None else None
+        self.cache = TileCache.open_or_build(cache_dir, self.samples, self.bands, self.stats) if cache_dir else None
+        self.epoch = 0
+        self._order = self._epoch_order(0)
+        self._served = False  # a batch was produced since the epoch started
+
+    def __len__(self) -> int:
+        return self._num_batches
+
+    def set_epoch(self, epoch: int) -> None:
+        """Jump to ``epoch``'s order and random draws (e.g. when resuming a run)."""
+        self.epoch = int(epoch)
+        self._order = self._epoch_order(self.epoch)
+        self._served = False
+
+    def on_epoch_end(self) -> None:
+        if self._served:
+            self.set_epoch(self.epoch + 1)
+
+    def _epoch_order(self, epoch: int) -> np.ndarray:
+        if not self.shuffle:
+            return np.arange(len(self.samples))
+        return np.random.default_rng([self.seed, epoch]).permutation(len(self.samples))
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        if not 0 <= index < self._num_batches:
+            raise IndexError(f"batch {index} out of range ({self._num_batches} batches)")
+        order, epoch = self._order, self.epoch
+        self._served = True
+        chosen = order[index * self.batch_size : (index + 1) * self.batch_size]
+        pairs = [self.load(int(i), epoch) for i in chosen]
+        shapes = {image.shape for image, _ in pairs}
+        if len(shapes) > 1:
+            names = ", ".join(self.samples[int(i)].name for i in chosen)
+            raise InputError(f"tiles of different sizes in one batch ({names}); set a crop size")
+        x = np.stack([image for image, _ in pairs])
+        y = np.stack([label for _, label in pairs])[..., None].astype(np.float32)
+        return x, y
+
+    def load(self, sample_index: int, epoch: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """One sample as the batch sees it: (image float32 (h, w, C), label uint8 (h, w))."""
+        epoch = self.epoch if epoch is None else epoch
+        rng = np.random.default_rng([self.seed, epoch, sample_index])
+        crop_rng = rng if self.random_crop else None
+        if self.cache is not None:
+            window = None
+            if self.crop is not None:
+                window = crop_window(self.cache.shapes[sample_index], self.crop, crop_rng)
+            image, label = self.cache.read(sample_index, window)
+        else:
+            window = None if self.crop is None else (lambda shape: crop_window(shape, self.crop, crop_rng))
+            image, label = read_sample(self.samples[sample_index], self.bands, window)
+        if self.crop is not None:
+            image, label = pad_to(image, label, self.crop)
+        if self.augmenter is not None:
+            image, label = self.augmenter(image, label, seed=int(rng.integers(2**31)))
+        return image, label
+
+
+class EpochSync(keras.callbacks.Callback):
+    """Keeps the datasets' epoch equal to Keras' epoch number (see the module docstring)."""
+
+    def __init__(self, *datasets: GlacierSequence) -> None:
+        super().__init__()
+        self.datasets = datasets
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        for dataset in self.datasets:
+            dataset.set_epoch(epoch)

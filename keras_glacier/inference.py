@@ -1,0 +1,284 @@
+"""What ``predict`` and ``evaluate`` share: load a trained run, wrap the Keras model as a ``Forward``, read tiles.
+
+Tiling, flip TTA, blending and mask writing are *not* here: they are ``solution.py``'s
+(``predict_tiles``, ``write_mask_tiff``), so the Keras model and the PyTorch submission turn
+probabilities into masks in exactly one way. This module only adapts the Keras model to
+``solution.Forward`` (raw float32 NHWC bands -> probabilities) and decides which bands to read.
+
+``solution`` imports torch at module level, so it is imported on first use, as in the data layer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+import keras_glacier  # noqa: F401  (selects the JAX backend before keras is imported)
+from keras_glacier.constants import OUTPUT_STRIDE
+from keras_glacier.data.errors import InputError
+from keras_glacier.data.sources import NPY, DatasetSource, Sample, read_sample
+
+MODEL_FILE = "model.keras"
+CONFIG_FILE = "config.json"
+STATS_FILE = "stats.json"
+
+#: solution.Forward: float32 (N, H, W, C) raw bands -> glacier probabilities (N, H, W).
+Forward = Callable[[np.ndarray], np.ndarray]
+
+
+def solution_module():
+    """``solution.py`` (repo root), imported when first needed because it imports torch."""
+    import solution
+
+    return solution
+
+
+def shared(function_name: str, *args, **kwargs):
+    """Call a ``solution.py`` helper, re-raising its InputError as ours (one type for CLIs to catch)."""
+    solution = solution_module()
+    try:
+        return getattr(solution, function_name)(*args, **kwargs)
+    except solution.InputError as exc:
+        raise InputError(str(exc)) from exc
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A Keras model and what its run folder says about it (``config`` is {} without a config.json)."""
+
+    model: object  # keras.Model
+    path: Path | None  # the .keras file; None for a model passed in memory
+    config: dict = field(default_factory=dict)
+
+    @property
+    def num_bands(self) -> int:
+        return int(self.model.inputs[0].shape[-1])
+
+    @property
+    def name(self) -> str:
+        return str(self.path) if self.path is not None else f"model '{self.model.name}'"
+
+
+def resolve_model_path(source: str | os.PathLike) -> Path:
+    """A run folder means its ``model.keras``; anything else must be an existing ``.keras`` file."""
+    path = Path(source)
+    if path.is_dir():
+        if not (path / MODEL_FILE).is_file():
+            raise InputError(f"{path}: no {MODEL_FILE} in this run folder")
+        return path / MODEL_FILE
+    if not path.exists():
+        raise InputError(f"{path}: model not found (give a run folder or a .keras file)")
+    if path.suffix != ".keras":
+        raise InputError(f"{path}: not a .keras model file (give a run folder or a .keras file)")
+    return path
+
+
+def read_run_config(model_path: Path) -> dict:
+    """The ``config.json`` next to the model (a run folder also holds ``best.keras``), or {}."""
+    config_path = model_path.parent / CONFIG_FILE
+    if not config_path.is_file():
+        return {}
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{config_path}: cannot read run config ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(config, dict):
+        raise InputError(f"{config_path}: expected a JSON object")
+    return config
+
+
+def load_run(source) -> LoadedModel:
+    """Load a run folder, a ``.keras`` file, or wrap an in-memory ``keras.Model``."""
+    import keras
+
+    import keras_glacier.model  # noqa: F401  (registers the custom layers for deserialisation)
+
+    if isinstance(source, LoadedModel):
+        return source
+    if isinstance(source, keras.Model):
+        loaded = LoadedModel(source, None, {})
+    else:
+        path = resolve_model_path(source)
+        config = read_run_config(path)
+        try:
+            model = keras.saving.load_model(path, compile=False)
+        except Exception as exc:  # zip, JSON and deserialisation errors all mean "not a usable model"
+            reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+            raise InputError(f"{path}: cannot load as a Keras model ({reason})") from exc
+        loaded = LoadedModel(model, path, config)
+    inputs, outputs = loaded.model.inputs, loaded.model.outputs
+    if len(inputs) != 1 or len(inputs[0].shape) != 4 or len(outputs) != 1 or outputs[0].shape[-1] != 1:
+        raise InputError(f"{loaded.name}: not a segmentation model taking (B, H, W, bands) and returning (B, H, W, 1)")
+    return loaded
+
+
+def keras_forward(model) -> Forward:
+    """A ``solution.Forward`` running ``model`` in inference mode, compiled once per input shape.
+
+    On JAX the whole sigmoid(model(x)) is one ``jax.jit`` function of the weights and the batch, so
+    XLA compiles it once per (N, H, W, C) and later calls only run it. The weights are captured
+    when this is called: make a new forward after changing them. A batch smaller than the largest
+    one already seen with the same (H, W, C) (the last, partial batch of a run) is zero-padded to
+    that size and the padding dropped from the result, which saves a compilation per remainder size.
+    """
+    import keras
+
+    if keras.backend.backend() == "jax":
+        import jax
+
+        trainable = [variable.value for variable in model.trainable_variables]
+        non_trainable = [variable.value for variable in model.non_trainable_variables]
+
+        @jax.jit
+        def probabilities(trainable, non_trainable, batch):
+            logits, _ = model.stateless_call(trainable, non_trainable, batch, training=False)
+            return jax.nn.sigmoid(logits.astype("float32"))[..., 0]
+
+        def run(batch: np.ndarray) -> np.ndarray:
+            return np.asarray(probabilities(trainable, non_trainable, batch))
+
+    else:  # other Keras backends: eager, still correct
+
+        def run(batch: np.ndarray) -> np.ndarray:
+            logits = keras.ops.cast(model(batch, training=False), "float32")
+            return keras.ops.convert_to_numpy(keras.ops.sigmoid(logits))[..., 0]
+
+    largest: dict[tuple[int, ...], int] = {}
+
+    def forward(batch: np.ndarray) -> np.ndarray:
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        count, shape = len(batch), tuple(batch.shape[1:])
+        size = max(count, largest.get(shape, 0))
+        largest[shape] = size
+        if size > count:
+            batch = np.concatenate([batch, np.zeros((size - count, *shape), np.float32)])
+        return run(batch)[:count]
+
+    return forward
+
+
+def check_tiling(window: int, overlap: int, batch_size: int) -> None:
+    """Reject tiling settings before any model is loaded (predict_tiles would, but later)."""
+    if window <= 0 or window % OUTPUT_STRIDE:
+        raise InputError(f"--window {window}: must be a positive multiple of {OUTPUT_STRIDE}")
+    if not 0 <= overlap < window:
+        raise InputError(f"--overlap {overlap}: must be at least 0 and below --window {window}")
+    if batch_size < 1:
+        raise InputError(f"--batch-size {batch_size}: must be at least 1")
+
+
+def check_threshold(threshold: float) -> None:
+    if not 0.0 <= threshold < 1.0:
+        raise InputError(f"--threshold {threshold}: must be in [0, 1) (a pixel is glacier when prob > threshold)")
+
+
+def choose_bands(
+    source: DatasetSource, bands: Sequence[int] | None = None, config: dict | None = None
+) -> tuple[int, ...]:
+    """Bands to read: explicit ``bands``, else (npy slices only) the run's, else the dataset default.
+
+    The run's ``config.json`` ``"bands"`` are channels of the 15-channel slices, so they only apply to
+    slices; band folders are read whole, in band-number order, as ``solution.py`` does.
+    """
+    if bands is None and source.kind == NPY and config and config.get("bands") is not None:
+        bands = config["bands"]
+    return source.resolve_bands(bands)
+
+
+def check_band_count(loaded: LoadedModel, source: DatasetSource, bands: Sequence[int]) -> None:
+    if loaded.num_bands != len(bands):
+        what = f"bands {list(bands)}" if source.kind == NPY else f"band folders {', '.join(source.band_names)}"
+        raise InputError(
+            f"{loaded.name}: the model takes {loaded.num_bands} bands but {source.root} gives {len(bands)} ({what})"
+        )
+
+
+def output_name(sample: Sample) -> str:
+    """File name of a tile's mask: the Band1 file name (band folders), ``<stem>.tif`` for npy slices."""
+    return sample.name if sample.kind != NPY else f"{Path(sample.name).stem}.tif"
+
+
+def reference_tiff(sample: Sample) -> str | None:
+    """The input whose GeoTIFF tags the mask inherits (none for npy slices)."""
+    return None if sample.kind == NPY else sample.image_paths[0]
+
+
+def check_tile_has_data(sample: Sample, image: np.ndarray, bands: Sequence[int]) -> None:
+    """A band without a single finite value is a broken file, not a scene (solution.py's rule too)."""
+    for channel, any_finite in enumerate(np.isfinite(image).any(axis=(0, 1))):
+        if not any_finite:
+            path = sample.image_paths[0] if sample.kind == NPY else sample.image_paths[bands[channel]]
+            raise InputError(f"{path}: no finite pixel values in band {bands[channel]} (all NaN/inf)")
+
+
+@dataclass(frozen=True)
+class TileData:
+    sample: Sample
+    image: np.ndarray  # float32 (H, W, C) raw bands
+    label: np.ndarray | None  # uint8 0/1/255, or None without labels
+
+
+def iter_chunks(samples: Sequence[Sample], bands: Sequence[int], chunk_size: int) -> Iterator[list[TileData]]:
+    """Tiles read ``chunk_size`` at a time, so memory stays bounded however many tiles there are."""
+    for start in range(0, len(samples), chunk_size):
+        chunk = []
+        for sample in samples[start : start + chunk_size]:
+            image, label = read_sample(sample, bands)
+            check_tile_has_data(sample, image, bands)
+            chunk.append(TileData(sample, image, label))
+        yield chunk
+
+
+def predict_probabilities(
+    forward: Forward,
+    images: Sequence[np.ndarray],
+    tta: bool = True,
+    window: int = 1024,
+    overlap: int = 128,
+    batch_size: int = 4,
+) -> list[np.ndarray]:
+    """``solution.predict_tiles`` with the network's stride: (H, W) float32 probabilities per image."""
+    return solution_module().predict_tiles(
+        forward, images, tta=tta, window=window, overlap=overlap, batch_size=batch_size, multiple=OUTPUT_STRIDE
+    )
+
+
+def check_output_folder(out: Path, source: DatasetSource) -> None:
+    """Masks carry the Band1 file names: writing into an input folder would overwrite the input."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: output folder is a file")
+    if not out.is_dir():
+        return
+    folders = {os.path.dirname(path) for sample in source.samples for path in sample.image_paths}
+    for folder in sorted(folders):
+        if os.path.samefile(out, folder):
+            raise InputError(f"{out}: output folder is an input folder; masks would overwrite the inputs")
+
+
+def make_folder(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"{folder}: cannot create the folder ({type(exc).__name__}: {exc})") from exc
+
+
+def user_errors() -> tuple[type[Exception], ...]:
+    """The exception types that mean "the user's input is wrong": CLIs print them in one line, exit 2."""
+    return InputError, solution_module().InputError
+
+
+def bands_argument(text: str) -> tuple[int, ...]:
+    """argparse ``type=`` for ``--bands``: the data layer's parser, with its message kept."""
+    import argparse
+
+    from keras_glacier.data.bands import parse_bands
+
+    try:
+        return parse_bands(text)
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None

@@ -1,0 +1,179 @@
+"""``python -m keras_glacier.predict``: glacier masks from a trained Keras model, written like the submission's.
+
+The masks are indistinguishable in form from ``solution.maskgeration``'s: one uncompressed uint8
+TIFF of 0/255 per tile, named after the tile's Band1 file (``<stem>.tif`` for npy slices), same
+height and width, Band1's GeoTIFF tags, no-data pixels background, written atomically. That is
+because the same code does it: ``solution.predict_tiles`` (flip TTA, padding, overlapping windows)
+fed with a jit-compiled Keras forward, then ``solution.write_mask_tiff``. A pixel is glacier when
+its probability is strictly above the threshold, as in ``solution.py`` and ``keras_glacier.metrics``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+import keras_glacier  # noqa: F401  (selects the JAX backend before keras is imported)
+from keras_glacier.data.errors import InputError
+from keras_glacier.data.fileio import atomic_write
+from keras_glacier.data.sources import discover
+from keras_glacier.inference import (
+    bands_argument,
+    check_band_count,
+    check_output_folder,
+    check_threshold,
+    check_tiling,
+    choose_bands,
+    iter_chunks,
+    keras_forward,
+    load_run,
+    make_folder,
+    output_name,
+    predict_probabilities,
+    reference_tiff,
+    shared,
+    solution_module,
+    user_errors,
+)
+
+DEFAULT_WINDOW = 1024
+DEFAULT_OVERLAP = 128
+DEFAULT_BATCH_SIZE = 4
+PROBABILITY_FOLDER = "probabilities"
+
+
+@dataclass(frozen=True)
+class PredictSummary:
+    num_tiles: int
+    seconds: float
+    out_dir: Path
+    mask_paths: tuple[Path, ...]
+
+    def line(self, tta: bool) -> str:
+        per_tile = self.seconds / self.num_tiles if self.num_tiles else 0.0
+        return (
+            f"predicted {self.num_tiles} tiles in {self.seconds:.1f} s ({per_tile:.2f} s/tile, "
+            f"TTA {'on' if tta else 'off'}) -> {self.out_dir}"
+        )
+
+
+def write_probability_tiff(path: Path, probability: np.ndarray, reference_path: str | None) -> None:
+    """Float32 probabilities with the same georeferencing as the mask, written atomically."""
+    import tifffile
+
+    tags = shared("geotiff_tags", reference_path) if reference_path is not None else []
+    data = np.ascontiguousarray(probability, dtype=np.float32)
+    write = partial(tifffile.imwrite, data=data, photometric="minisblack", compression=None, metadata=None)
+    atomic_write(path, lambda tmp: write(tmp, extratags=tags))
+
+
+def predict_folder(
+    model,
+    data: str | Path,
+    out: str | Path,
+    tta: bool = True,
+    window: int = DEFAULT_WINDOW,
+    overlap: int = DEFAULT_OVERLAP,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    threshold: float = 0.5,
+    bands: Sequence[int] | None = None,
+    probabilities: bool = False,
+    progress: bool | None = None,
+) -> PredictSummary:
+    """Write a mask (and with ``probabilities`` a float32 map under ``out/probabilities/``) per tile.
+
+    ``model``: run folder, ``.keras`` file or a ``keras.Model``. ``data``: band folders or npy slices
+    (``keras_glacier.data.discover``). ``bands`` only matters for npy slices (default: the run's
+    config.json, else DEFAULT_BANDS); band folders are read whole. ``progress=None``: a progress
+    bar only on a terminal.
+    """
+    from tqdm import tqdm
+
+    start = time.perf_counter()
+    check_tiling(window, overlap, batch_size)
+    check_threshold(threshold)
+    source = discover(data)
+    out = Path(out)
+    check_output_folder(out, source)
+    loaded = load_run(model)
+    chosen = choose_bands(source, bands, loaded.config)
+    check_band_count(loaded, source, chosen)
+    make_folder(out)
+    if probabilities:
+        make_folder(out / PROBABILITY_FOLDER)
+    forward = keras_forward(loaded.model)
+    write_mask = solution_module().write_mask_tiff
+    paths = []
+    bar = tqdm(total=len(source.samples), desc="glacier masks", unit="tile", file=sys.stderr,
+               disable=None if progress is None else not progress)
+    with bar:
+        for chunk in iter_chunks(source.samples, chosen, batch_size):
+            maps = predict_probabilities(forward, [tile.image for tile in chunk], tta, window, overlap, batch_size)
+            for tile, probability in zip(chunk, maps):
+                name = output_name(tile.sample)
+                reference = reference_tiff(tile.sample)
+                try:
+                    write_mask(out / name, (probability > threshold).astype(np.uint8), reference)
+                except solution_module().InputError as exc:
+                    raise InputError(str(exc)) from exc
+                if probabilities:
+                    write_probability_tiff(out / PROBABILITY_FOLDER / name, probability, reference)
+                paths.append(out / name)
+                bar.update(1)
+    return PredictSummary(len(paths), time.perf_counter() - start, out, tuple(paths))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m keras_glacier.predict",
+        description="Predict glacier masks with a trained Keras model: one uint8 0/255 TIFF per tile, named and "
+        "georeferenced like the input, exactly as solution.py writes them.",
+    )
+    parser.add_argument("model", help="run folder (its model.keras is used) or a .keras file")
+    parser.add_argument("--data", required=True, type=Path,
+                        help="tiles to predict: band folders Band1..BandN/*.tif, or HKH slice_<i>_image_<j>.npy files")
+    parser.add_argument("--out", required=True, type=Path,
+                        help="folder for the masks (created); must not be an input folder")
+    parser.add_argument("--no-tta", action="store_true",
+                        help="predict each window once instead of averaging the four flips (4x faster)")
+    parser.add_argument("--window", type=int, default=DEFAULT_WINDOW,
+                        help=f"tiles larger than this are cut into overlapping windows of this size, a multiple "
+                        f"of 16 (default {DEFAULT_WINDOW})")
+    parser.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP,
+                        help=f"minimum overlap of neighbouring windows, blended linearly (default {DEFAULT_OVERLAP})")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+                        help=f"windows per forward pass, times 4 with TTA (default {DEFAULT_BATCH_SIZE})")
+    parser.add_argument("--threshold", type=float, default=0.5,
+                        help="a pixel is glacier when its probability is strictly above this (default 0.5)")
+    parser.add_argument("--bands", type=bands_argument, default=None,
+                        help="npy slices only: comma-separated channels to feed the model (default: the run's "
+                        "config.json, else 1,2,3,5,9); band folders are always read whole, in band order")
+    parser.add_argument("--probabilities", action="store_true",
+                        help=f"also write float32 probability TIFFs to OUT/{PROBABILITY_FOLDER}/")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        summary = predict_folder(
+            args.model, args.data, args.out, tta=not args.no_tta, window=args.window, overlap=args.overlap,
+            batch_size=args.batch_size, threshold=args.threshold, bands=args.bands,
+            probabilities=args.probabilities,
+        )
+    except user_errors() as exc:
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+    print(summary.line(not args.no_tta))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,229 @@
+"""``python -m keras_glacier.train``: train the glacier network and export it for the competition.
+
+With no ``--data`` the job generates the deterministic demo scenes and trains on them, so the very
+first command a newcomer runs ends with a real ``model.keras`` and ``model.pth``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import keras_glacier  # noqa: F401  (selects the JAX backend before keras is imported)
+
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+RUN_FILES = ("model.keras", "model.pth", "best.keras", "stats.json", "config.json", "split.json",
+             "metrics.json", "history.csv", "curves.png", "predictions.png")
+
+
+class UsageError(ValueError):
+    """A mistake in the command line or the run folder: reported in one line, without a traceback."""
+
+
+def parse_bands(text: str) -> tuple[int, ...]:
+    try:
+        bands = tuple(int(part) for part in text.split(",") if part.strip() != "")
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--bands takes comma-separated channel numbers, got {text!r}") from None
+    if not bands or min(bands) < 0 or len(set(bands)) != len(bands):
+        raise argparse.ArgumentTypeError(f"--bands needs distinct non-negative channel numbers, got {text!r}")
+    return bands
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from keras_glacier.constants import DEFAULT_BANDS
+
+    parser = argparse.ArgumentParser(
+        prog="python -m keras_glacier.train",
+        description="Train the DeepLabV3+ (ResNet-34, ASPP+CBAM) glacier segmenter with XLA-compiled "
+        "Keras+JAX, then export model.keras and the competition's model.pth.",
+    )
+    parser.add_argument("--data", type=Path, default=None,
+                        help="dataset folder: HKH slice_<i>_image_<j>.npy / slice_<i>_mask_<j>.npy files, or "
+                        "band folders Band1..BandN/*.tif with label/*.tif (detected). Absent: generate and "
+                        "train on the built-in synthetic demo scenes.")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="run folder for model.keras, model.pth, stats.json, config.json, split.json, "
+                        "history.csv, curves.png, predictions.png (default: runs/demo or runs/<data folder "
+                        "name>, numbered -2, -3, ... when it already holds a finished run)")
+    parser.add_argument("--epochs", type=int, default=None, help="maximum number of epochs (default 40)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="tiles per step, summed over devices with --distribute data_parallel (default 4)")
+    parser.add_argument("--crop", type=int, default=None,
+                        help="random square crop for training, a multiple of 16; tiles no larger than it "
+                        "are used whole (default 256; use 512 on accelerators)")
+    parser.add_argument("--lr", type=float, default=None, help="peak AdamW learning rate (default 1e-3)")
+    parser.add_argument("--weight-decay", type=float, default=None, help="AdamW weight decay (default 1e-4)")
+    parser.add_argument("--alpha", type=float, default=None,
+                        help="loss = alpha * BCE + (1 - alpha) * Dice (default 0.5)")
+    parser.add_argument("--bands", type=parse_bands, default=None,
+                        help=f"channels of the 15-channel .npy slices to use, comma-separated (default "
+                        f"{','.join(map(str, DEFAULT_BANDS))}); band-folder data uses all its band folders")
+    parser.add_argument("--val-fraction", type=float, default=None,
+                        help="fraction of scenes held out for validation; split by scene, never by tile "
+                        "(default 0.2)")
+    parser.add_argument("--seed", type=int, default=None, help="seed of the split, shuffling, augmentation, "
+                        "initialisation and demo data (default 0)")
+    parser.add_argument("--precision", choices=PRECISIONS, default=None,
+                        help="keras dtype policy; mixed_bfloat16 for TPUs and recent GPUs (slower on CPU), "
+                        "mixed_float16 for older GPUs (default float32)")
+    parser.add_argument("--distribute", choices=("none", "data_parallel"), default=None,
+                        help="data_parallel splits each batch over all devices (TPU cores, GPUs) with "
+                        "keras.distribution.DataParallel (default none)")
+    parser.add_argument("--no-aug", action="store_true", default=None,
+                        help="turn off training augmentation (flips, 90-degree rotations, brightness/contrast, "
+                        "noise)")
+    parser.add_argument("--cache", action="store_true", default=None,
+                        help="cache the selected bands of all tiles in one compact memmap in the run folder, "
+                        "so epochs after the first do not re-read the source files")
+    parser.add_argument("--pretrained", type=Path, default=None,
+                        help="torchvision-layout ResNet-34 state dict (.pth) to initialise the encoder with; "
+                        "the 3-channel stem is adapted to the number of bands. Nothing is downloaded.")
+    parser.add_argument("--patience", type=int, default=None,
+                        help="stop after this many epochs without a better validation MCC (default 10)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="loader threads (default 2)")
+    parser.add_argument("--demo-tiles", type=int, default=None,
+                        help="with no --data: number of demo tiles to generate (default 64)")
+    parser.add_argument("--demo-size", type=int, default=None,
+                        help="with no --data: height and width of the demo tiles (default 128)")
+    parser.add_argument("--no-export", action="store_true", default=None,
+                        help="skip writing and verifying model.pth at the end")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the interrupted or finished run in --out from its last completed epoch, "
+                        "with the settings saved in its config.json (only --epochs may be raised)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="train into an --out folder that already holds a run, replacing it")
+    return parser
+
+
+DEFAULTS = dict(
+    data=None, epochs=40, batch_size=4, crop=256, lr=1e-3, weight_decay=1e-4, alpha=0.5, bands=None,
+    val_fraction=0.2, seed=0, precision="float32", distribute="none", no_aug=False, cache=False,
+    pretrained=None, patience=10, workers=2, demo_tiles=64, demo_size=128, no_export=False,
+)
+
+
+def resolve_settings(args: argparse.Namespace, saved: dict | None) -> dict:
+    """Flag given on the command line > the resumed run's config.json > the documented default."""
+    settings = {}
+    for key, default in DEFAULTS.items():
+        given = getattr(args, key)
+        if saved is not None and key != "epochs":
+            settings[key] = saved.get(key, default)
+        else:
+            settings[key] = given if given is not None else default
+    if saved is not None and args.epochs is not None:
+        settings["epochs"] = args.epochs
+    elif saved is not None:
+        settings["epochs"] = saved.get("epochs", DEFAULTS["epochs"])
+    for key in ("data", "pretrained"):
+        if settings[key] is not None:
+            settings[key] = str(settings[key])
+    if settings["bands"] is not None:
+        settings["bands"] = list(settings["bands"])
+    check_settings(settings)
+    return settings
+
+
+def check_settings(s: dict) -> None:
+    if s["epochs"] < 1:
+        raise UsageError(f"--epochs must be at least 1, got {s['epochs']}")
+    if s["batch_size"] < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {s['batch_size']}")
+    if s["crop"] is not None and (s["crop"] < 16 or s["crop"] % 16):
+        raise UsageError(f"--crop must be a positive multiple of 16, got {s['crop']}")
+    if not 0.0 <= s["alpha"] <= 1.0:
+        raise UsageError(f"--alpha must lie in [0, 1], got {s['alpha']}")
+    if not 0.0 < s["val_fraction"] < 1.0:
+        raise UsageError(f"--val-fraction must lie strictly between 0 and 1, got {s['val_fraction']}")
+    if s["lr"] <= 0:
+        raise UsageError(f"--lr must be positive, got {s['lr']}")
+    if s["data"] is not None and not Path(s["data"]).exists():
+        raise UsageError(f"--data {s['data']}: no such folder")
+    if s["pretrained"] is not None and not Path(s["pretrained"]).is_file():
+        raise UsageError(f"--pretrained {s['pretrained']}: no such file")
+
+
+def choose_run_dir(args: argparse.Namespace) -> Path:
+    """Pick the run folder without ever clobbering a previous run by accident."""
+    if args.resume:
+        if args.out is None:
+            raise UsageError("--resume needs --out RUN_DIR (the run to continue)")
+        if not (args.out / "config.json").exists():
+            raise UsageError(f"--resume: {args.out / 'config.json'} does not exist, so there is no run to continue")
+        return args.out
+    if args.out is not None:
+        existing = [name for name in RUN_FILES if (args.out / name).exists()] + (
+            ["backup/"] if (args.out / "backup").exists() else [])
+        if existing and not args.overwrite:
+            raise UsageError(f"--out {args.out} already holds a run ({', '.join(existing[:3])}); "
+                             "use --resume to continue it, --overwrite to replace it, or another --out")
+        if existing:
+            for name in RUN_FILES:
+                (args.out / name).unlink(missing_ok=True)
+            shutil.rmtree(args.out / "backup", ignore_errors=True)
+        return args.out
+    base = Path("runs") / (Path(args.data).resolve().name if args.data else "demo")
+    candidate, n = base, 1
+    while candidate.exists() and any(candidate.iterdir()):
+        n += 1
+        candidate = base.with_name(f"{base.name}-{n}")
+    return candidate
+
+
+def write_json(path: Path, payload) -> None:
+    """Atomic JSON write: a crash leaves the previous file or none, never half of one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def set_up_devices(settings: dict) -> int:
+    """Applies the precision policy and distribution; returns the number of devices in use."""
+    import keras
+
+    keras.mixed_precision.set_global_policy(settings["precision"])
+    keras.utils.set_random_seed(settings["seed"])
+    if settings["distribute"] == "data_parallel":
+        devices = keras.distribution.list_devices()
+        if settings["batch_size"] % len(devices):
+            raise UsageError(f"--batch-size {settings['batch_size']} must be a multiple of the "
+                             f"{len(devices)} devices used by --distribute data_parallel")
+        keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
+        return len(devices)
+    return 1
+
+
+def make_optimizer(settings: dict, steps_per_epoch: int):
+    """AdamW under a cosine decay with a short linear warm-up, the usual recipe for DeepLab from scratch."""
+    import keras
+
+    total = max(1, settings["epochs"] * steps_per_epoch)
+    warmup = min(max(1, steps_per_epoch), total // 10 + 1)
+    schedule = keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=settings["lr"] * 0.1, decay_steps=max(1, total - warmup), alpha=0.01,
+        warmup_target=settings["lr"], warmup_steps=warmup)
+    return keras.optimizers.AdamW(learning_rate=schedule, weight_decay=settings["weight_decay"])
+
+
+def compile_model(model, settings: dict, steps_per_epoch: int) -> None:
+    from keras_glacier.losses import BceDiceLoss
+    from keras_glacier.metrics import default_metrics
+
+    model.compile(optimizer=make_optimizer(settings, steps_per_epoch), loss=BceDiceLoss(alpha=settings["alpha"]),
+                  metrics=default_metrics(), jit_compile=True)
+
+
+def print_table(title: str, metrics: dict, stream=sys.stdout) -> None:
+    width = max(len(k) for k in metrics)
+    print(f"\n{title}", file=stream)
+    print(f"| {'metric'.ljust(width)} | value  |", file=stream)
+    print(f"|{'-' * (width + 2)}|--------|", file=stream)
+    for key, value in metrics.items():
+        print(f"| {key.ljust(width)} | {value:.4f} |", file=stream)

@@ -1,0 +1,60 @@
+"""Shared, session-scoped test data (generated once per test session, deterministic, small).
+
+Fixtures (all read-only: copy into ``tmp_path`` before damaging or adding files):
+
+``demo_npy_root``
+    Path of an HKH-layout demo dataset: 3 scenes x 4 tiles of 64x64, ``slice_<s>_image_<k>.npy``
+    (64, 64, 15) float32 and ``slice_<s>_mask_<k>.npy`` (64, 64, 3) uint8 0/1, from
+    ``make_demo_dataset(..., scenes=3, tiles_per_scene=4, size=64, seed=0)``. Some tiles have NaN
+    stripes, scene 1 (or another) is partly outside the HKH region mask.
+``demo_npy_source``
+    ``discover(demo_npy_root)``: a ``DatasetSource`` with its 12 ``Sample`` records.
+``demo_stats``
+    ``BandStats`` of all 12 demo tiles for the default bands (1, 2, 3, 5, 9); ``.to_dict()`` gives
+    the SPEC stats dict for the model.
+``demo_tiff_root``
+    Path of a GlacierHack-style band-folder dataset made by ``make_demo_band_folders(..., tiles=6,
+    size=64, seed=0, with_labels=True)``: ``Band1/B2_B2_masked_<id>.tif`` ... ``Band5/B10_B10_masked_<id>.tif``
+    (float32, same scenes as the npy demo, default bands) and ``label/Y_output_resized_<id>.tif``
+    (uint8 0/255); ids ``00_00``..``00_02``, ``01_00``..``01_02`` (2 scenes of 3 tiles).
+``demo_tiff_source``
+    ``discover(demo_tiff_root)``.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from keras_glacier.data import compute_stats, discover, make_demo_band_folders, make_demo_dataset
+
+DEMO_SCENES = 3
+DEMO_TILES_PER_SCENE = 4
+DEMO_SIZE = 64
+DEMO_TIFF_TILES = 6
+
+
+@pytest.fixture(scope="session")
+def demo_npy_root(tmp_path_factory):
+    return make_demo_dataset(
+        tmp_path_factory.mktemp("demo_npy"), scenes=DEMO_SCENES, tiles_per_scene=DEMO_TILES_PER_SCENE, size=DEMO_SIZE
+    )
+
+
+@pytest.fixture(scope="session")
+def demo_npy_source(demo_npy_root):
+    return discover(demo_npy_root)
+
+
+@pytest.fixture(scope="session")
+def demo_stats(demo_npy_source):
+    return compute_stats(demo_npy_source.samples, demo_npy_source.default_bands)
+
+
+@pytest.fixture(scope="session")
+def demo_tiff_root(tmp_path_factory):
+    return make_demo_band_folders(tmp_path_factory.mktemp("demo_tiff"), tiles=DEMO_TIFF_TILES, size=DEMO_SIZE)
+
+
+@pytest.fixture(scope="session")
+def demo_tiff_source(demo_tiff_root):
+    return discover(demo_tiff_root)
