@@ -11,8 +11,9 @@ import json
 import os
 import shutil
 import sys
-import time
 from pathlib import Path
+
+import numpy as np
 
 import keras_glacier  # noqa: F401  (selects the JAX backend before keras is imported)
 
@@ -214,10 +215,10 @@ def make_optimizer(settings: dict, steps_per_epoch: int):
 
 def compile_model(model, settings: dict, steps_per_epoch: int) -> None:
     from keras_glacier.losses import BceDiceLoss
-    from keras_glacier.metrics import default_metrics
+    from keras_glacier.metrics import segmentation_metrics
 
     model.compile(optimizer=make_optimizer(settings, steps_per_epoch), loss=BceDiceLoss(alpha=settings["alpha"]),
-                  metrics=default_metrics(), jit_compile=True)
+                  metrics=segmentation_metrics(), jit_compile=True)
 
 
 def print_table(title: str, metrics: dict, stream=sys.stdout) -> None:
@@ -227,3 +228,204 @@ def print_table(title: str, metrics: dict, stream=sys.stdout) -> None:
     print(f"|{'-' * (width + 2)}|--------|", file=stream)
     for key, value in metrics.items():
         print(f"| {key.ljust(width)} | {value:.4f} |", file=stream)
+
+
+def ceil_to(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def effective_crop(requested: int | None, shape: tuple[int, int]) -> int | None:
+    """The crop the loader should use for tiles of ``shape``.
+
+    Tiles larger than the requested crop are cropped (randomly in training). Smaller tiles are used
+    whole; when they are not multiples of the output stride they are padded up to one, with NaN
+    bands and ignored labels, so that no real pixel is dropped and none is invented.
+    """
+    from keras_glacier.constants import OUTPUT_STRIDE
+
+    h, w = shape
+    if requested is not None and min(h, w) > requested:
+        return requested
+    side = ceil_to(max(h, w), OUTPUT_STRIDE)
+    return None if h == w == side else side
+
+
+def prepare_data(settings: dict, run_dir: Path, resume: bool):
+    """Find the samples, split them by scene, and compute (or on resume reload) the statistics."""
+    from keras_glacier.data.demo import make_demo_dataset
+    from keras_glacier.data.errors import InputError
+    from keras_glacier.data.sources import discover, read_sample
+    from keras_glacier.data.split import load_split, save_split, split_by_scene
+    from keras_glacier.data.stats import BandStats, compute_stats
+
+    if settings["data"] is None:
+        demo_dir = run_dir / "demo_data"
+        tiles_per_scene = 4
+        scenes = max(2, -(-settings["demo_tiles"] // tiles_per_scene))
+        if not any(demo_dir.glob("slice_*_mask_*.npy")):
+            make_demo_dataset(demo_dir, scenes=scenes, tiles_per_scene=tiles_per_scene,
+                              size=settings["demo_size"], seed=settings["seed"])
+        root = demo_dir
+    else:
+        root = Path(settings["data"])
+    source = discover(root)
+    if not source.has_labels:
+        missing = next(s for s in source.samples if s.label_path is None)
+        raise InputError(f"{missing.image_paths[0]}: no label for this tile; training needs a label/ folder")
+    bands = source.resolve_bands(settings["bands"])
+    if resume:
+        train, val = load_split(run_dir / "split.json", source.samples)
+        stats = BandStats.load(run_dir / "stats.json")
+    else:
+        train, val = split_by_scene(source.samples, settings["val_fraction"], settings["seed"])
+        if not val:
+            raise InputError(f"{root}: only one scene ({train[0].scene_id}), so no scene is left for validation; "
+                             "add scenes or tiles from other scenes")
+        save_split(run_dir / "split.json", train, val, seed=settings["seed"], val_fraction=settings["val_fraction"],
+                   data=str(root))
+        stats = compute_stats(train, bands, seed=settings["seed"])
+        stats.save(run_dir / "stats.json")
+    first_image, _ = read_sample(train[0], bands)
+    return source, bands, train, val, stats, first_image.shape[:2]
+
+
+def make_datasets(settings: dict, run_dir: Path, train, val, stats, bands, tile_shape):
+    from keras_glacier.data.augment import AugmentConfig
+    from keras_glacier.data.dataset import GlacierSequence
+
+    cache = run_dir / "cache" if settings["cache"] else None
+    common = dict(stats=stats, bands=bands, workers=settings["workers"],
+                  cache_dir=None if cache is None else cache)
+    train_seq = GlacierSequence(
+        train, batch_size=settings["batch_size"], crop=effective_crop(settings["crop"], tile_shape),
+        augment=None if settings["no_aug"] else AugmentConfig(), shuffle=True, seed=settings["seed"], **common)
+    val_seq = GlacierSequence(
+        val, batch_size=settings["batch_size"], crop=effective_crop(None, tile_shape), augment=None,
+        shuffle=False, seed=settings["seed"], **common)
+    return train_seq, val_seq
+
+
+def best_so_far(csv_path: Path, key: str = "val_mcc") -> float | None:
+    """Best value of ``key`` in a CSV log, so a resumed run does not overwrite a better best.keras."""
+    if not csv_path.exists():
+        return None
+    lines = csv_path.read_text().strip().splitlines()
+    if len(lines) < 2 or key not in lines[0].split(","):
+        return None
+    column = lines[0].split(",").index(key)
+    values = [float(line.split(",")[column]) for line in lines[1:] if line.split(",")[column] not in ("", "nan")]
+    return max(values) if values else None
+
+
+def make_callbacks(settings: dict, run_dir: Path, train_seq, val_seq, stats, resume: bool):
+    import keras
+
+    from keras_glacier.callbacks import FigureWriter
+    from keras_glacier.data.dataset import EpochSync
+
+    preview = [val_seq.load(i) for i in range(min(3, len(val_seq.samples)))]
+    csv_log = run_dir / "history.csv"
+    best = best_so_far(csv_log) if resume else None
+    return [
+        EpochSync(train_seq, val_seq),
+        keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
+        keras.callbacks.ModelCheckpoint(str(run_dir / "best.keras"), monitor="val_mcc", mode="max",
+                                        save_best_only=True, initial_value_threshold=best),
+        keras.callbacks.EarlyStopping(monitor="val_mcc", mode="max", patience=settings["patience"],
+                                      restore_best_weights=True),
+        keras.callbacks.CSVLogger(str(csv_log), append=resume),
+        FigureWriter(run_dir, np.stack([p[0] for p in preview]), np.stack([p[1] for p in preview]),
+                     stats.lo, stats.hi, csv_log=csv_log),
+    ]
+
+
+def build_model(settings: dict, stats, num_bands: int):
+    from keras_glacier.model import build_deeplab
+
+    model = build_deeplab(num_bands=num_bands, stats=stats.to_dict())
+    if settings["pretrained"] is not None:
+        from convert import load_torchvision_resnet34
+
+        load_torchvision_resnet34(settings["pretrained"], model)
+    return model
+
+
+def save_model(model, path: Path) -> None:
+    tmp = path.with_name(f".{path.stem}.tmp.keras")
+    model.save(tmp)
+    os.replace(tmp, path)
+
+
+def run(args: argparse.Namespace) -> dict:
+    """The whole job; returns the final validation metrics (and paths) for callers such as the notebook."""
+    import keras
+
+    run_dir = choose_run_dir(args)
+    saved = json.loads((run_dir / "config.json").read_text()) if args.resume else None
+    settings = resolve_settings(args, saved)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    devices = set_up_devices(settings)
+
+    source, bands, train, val, stats, tile_shape = prepare_data(settings, run_dir, args.resume)
+    write_json(run_dir / "config.json", {**settings, "bands_used": list(bands), "data_kind": source.kind,
+                                         "devices": devices, "keras_version": keras.__version__,
+                                         "backend": keras.backend.backend()})
+    train_seq, val_seq = make_datasets(settings, run_dir, train, val, stats, bands, tile_shape)
+    print(f"data: {source.kind} at {source.root}: {len(train)} training and {len(val)} validation tiles "
+          f"({len({s.scene_id for s in train})} / {len({s.scene_id for s in val})} scenes), bands {list(bands)}, "
+          f"tile {tile_shape[0]}x{tile_shape[1]}, run folder {run_dir}", flush=True)
+
+    model = build_model(settings, stats, len(bands))
+    compile_model(model, settings, len(train_seq))
+    callbacks = make_callbacks(settings, run_dir, train_seq, val_seq, stats, args.resume)
+    model.fit(train_seq, validation_data=val_seq, epochs=settings["epochs"], callbacks=callbacks,
+              verbose=2 if not sys.stdout.isatty() else "auto")
+
+    best_path = run_dir / "best.keras"
+    final = keras.saving.load_model(best_path) if best_path.exists() else model
+    save_model(final, run_dir / "model.keras")
+    compile_model(final, settings, len(train_seq))
+    scores = final.evaluate(val_seq, verbose=0, return_dict=True)
+    metrics = {key: float(scores[key]) for key in ("mcc", "iou", "f1", "precision", "recall", "r2", "loss")}
+    write_json(run_dir / "metrics.json", metrics)
+    print_table(f"validation ({len(val)} tiles, whole-set confusion matrix, best epoch's model)", metrics)
+    callbacks[-1].set_model(final)
+    callbacks[-1].write_predictions()
+
+    result = {"run_dir": str(run_dir), "metrics": metrics, "model": str(run_dir / "model.keras")}
+    if not settings["no_export"]:
+        from convert import convert_model
+
+        report = convert_model(final, run_dir / "model.pth")
+        print(report.summary())
+        result["model_pth"] = str(run_dir / "model.pth")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        run(args)
+    except (UsageError, ValueError) as exc:
+        if not is_user_error(exc):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def is_user_error(exc: BaseException) -> bool:
+    """Errors about the user's files and flags, as opposed to bugs (which keep their traceback)."""
+    from keras_glacier.data.errors import InputError
+
+    if isinstance(exc, (UsageError, InputError)):
+        return True
+    try:
+        from convert import ConversionInputError
+    except ImportError:  # pragma: no cover - convert ships with the package
+        return False
+    return isinstance(exc, ConversionInputError)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -5,8 +5,9 @@ Fixtures (all read-only: copy into ``tmp_path`` before damaging or adding files)
 ``demo_npy_root``
     Path of an HKH-layout demo dataset: 3 scenes x 4 tiles of 64x64, ``slice_<s>_image_<k>.npy``
     (64, 64, 15) float32 and ``slice_<s>_mask_<k>.npy`` (64, 64, 3) uint8 0/1, from
-    ``make_demo_dataset(..., scenes=3, tiles_per_scene=4, size=64, seed=0)``. Some tiles have NaN
-    stripes, scene 1 (or another) is partly outside the HKH region mask.
+    ``make_demo_dataset(..., scenes=3, tiles_per_scene=4, size=64, seed=0)``. Scene ids
+    ``slice_0``..``slice_2``; 4 tiles have NaN stripes (slice_0_image_0, slice_1_image_3,
+    slice_2_image_0, slice_2_image_3), 6 are partly outside the HKH region (mask channel 2).
 ``demo_npy_source``
     ``discover(demo_npy_root)``: a ``DatasetSource`` with its 12 ``Sample`` records.
 ``demo_stats``

@@ -3,8 +3,8 @@
 One module per job: ``sources`` (discover and pair files, read them), ``bands`` (band selection,
 label compression, no-data rule), ``stats``, ``augment``, ``cache``, ``dataset``, ``split``,
 ``demo``. Nothing here knows about models or imports torch (``solution.py``'s band-folder helpers
-are imported on first use of a band-folder dataset). ``GlacierSequence`` is loaded on first access
-because it imports keras.
+are imported on first use of a band-folder dataset; albumentations, which imports torch, on first
+use of augmentation). ``GlacierSequence`` and ``EpochSync`` load on first access: they import keras.
 """
 
 from keras_glacier.data.augment import AugmentConfig, Augmenter
@@ -20,6 +20,7 @@ __all__ = [
     "Augmenter",
     "BandStats",
     "DatasetSource",
+    "EpochSync",
     "GlacierSequence",
     "InputError",
     "Sample",
@@ -38,8 +39,8 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    if name == "GlacierSequence":
-        from keras_glacier.data.dataset import GlacierSequence
+    if name in ("GlacierSequence", "EpochSync"):
+        from keras_glacier.data import dataset
 
-        return GlacierSequence
+        return getattr(dataset, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

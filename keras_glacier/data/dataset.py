@@ -116,17 +116,20 @@ class GlacierSequence(keras.utils.PyDataset):
         self._num_batches = max(1, math.floor(count)) if drop else math.ceil(count)
         self.augmenter = Augmenter(augment, self.stats) if augment is not None else None
         self.cache = TileCache.open_or_build(cache_dir, self.samples, self.bands, self.stats) if cache_dir else None
-        self.epoch = 0
-        self._order = self._epoch_order(0)
         self._served = False  # a batch was produced since the epoch started
+        self.set_epoch(0)
 
     def __len__(self) -> int:
         return self._num_batches
 
+    @property
+    def epoch(self) -> int:
+        return self._epoch_state[0]
+
     def set_epoch(self, epoch: int) -> None:
         """Jump to ``epoch``'s order and random draws (e.g. when resuming a run)."""
-        self.epoch = int(epoch)
-        self._order = self._epoch_order(self.epoch)
+        # One attribute holds both, so a worker thread never pairs one epoch's number with another's order.
+        self._epoch_state = (int(epoch), self._epoch_order(int(epoch)))
         self._served = False
 
     def on_epoch_end(self) -> None:
@@ -141,7 +144,7 @@ class GlacierSequence(keras.utils.PyDataset):
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         if not 0 <= index < self._num_batches:
             raise IndexError(f"batch {index} out of range ({self._num_batches} batches)")
-        order, epoch = self._order, self.epoch
+        epoch, order = self._epoch_state
         self._served = True
         chosen = order[index * self.batch_size : (index + 1) * self.batch_size]
         pairs = [self.load(int(i), epoch) for i in chosen]

@@ -112,9 +112,11 @@ def to_unit(x: np.ndarray, stats: BandStats | dict[str, Any]) -> np.ndarray:
     """Raw bands (..., C) -> unit scale float32; non-finite values map to 0 like in the model."""
     lo, hi, _, _ = as_band_stats(stats).arrays()
     x = np.asarray(x, dtype=np.float32)
-    finite = np.isfinite(x)
-    u = (np.where(finite, x, lo) - lo) / np.maximum(hi - lo, np.float32(RANGE_FLOOR))
-    return np.clip(u, 0.0, 1.0, out=u)
+    u = np.subtract(x, lo)
+    np.divide(u, np.maximum(hi - lo, np.float32(RANGE_FLOOR)), out=u)
+    np.clip(u, 0.0, 1.0, out=u)
+    np.copyto(u, 0.0, where=~np.isfinite(x))  # in place: this runs on every augmented tile
+    return u
 
 
 def from_unit(u: np.ndarray, stats: BandStats | dict[str, Any]) -> np.ndarray:
