@@ -427,6 +427,9 @@ class ASPP(nn.Module):
         super().__init__()
         if len(rates) != 3:
             raise ValueError(f"aspp_rates needs three dilation rates, got {tuple(rates)}")
+        # The rates shape no weight, so they travel in the state dict as a buffer: model.pth then
+        # describes its own network and load_model cannot silently build different rates.
+        self.register_buffer("rates", torch.tensor([int(r) for r in rates], dtype=torch.int64))
         self.b0 = ConvBNReLU(in_ch, out_ch, 1, reduction=reduction)
         self.b1 = ConvBNReLU(in_ch, out_ch, 3, dilation=rates[0], reduction=reduction)
         self.b2 = ConvBNReLU(in_ch, out_ch, 3, dilation=rates[1], reduction=reduction)
@@ -545,9 +548,9 @@ def load_state_dict(path: PathLike) -> Dict[str, torch.Tensor]:
 def load_model(path: PathLike = DEFAULT_WEIGHTS, device: Device = None, **kwargs) -> AttentionDeepLabV3Plus:
     """AttentionDeepLabV3Plus in eval mode with the weights of ``path`` on ``device``.
 
-    ``in_channels`` (and the CBAM reduction) are read from the weights' shapes, so a model
-    trained on another band count loads without configuration; other constructor arguments
-    (``aspp_rates``, ``dropout``) leave no trace in the weights and come from ``kwargs``.
+    ``in_channels``, the CBAM reduction and the ASPP rates (the ``aspp.rates`` buffer) are read from
+    the file, so a model trained on another band count or other rates loads without configuration;
+    ``dropout`` leaves no trace in the weights (it is inactive at inference anyway).
     Tensors saved as float16 (to halve the file) are cast back to float32.
     """
     path = os.fspath(path)
@@ -556,12 +559,16 @@ def load_model(path: PathLike = DEFAULT_WEIGHTS, device: Device = None, **kwargs
     if lo is not None and lo.ndim == 1 and lo.numel():
         kwargs.setdefault("in_channels", int(lo.shape[0]))
     kwargs.setdefault("in_channels", 5)
+    rates = state.get("aspp.rates")
+    if rates is not None and rates.ndim == 1 and rates.numel() == 3:
+        kwargs.setdefault("aspp_rates", tuple(int(r) for r in rates.tolist()))
     fc1 = state.get("aspp.b0.cbam.ca.fc1.weight")
     if fc1 is not None and fc1.ndim == 2 and 0 < fc1.shape[0] <= 256:
         kwargs.setdefault("reduction", 256 // int(fc1.shape[0]))
     model = AttentionDeepLabV3Plus(**kwargs)
     expected = model.state_dict()
-    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
+    optional = ("num_batches_tracked", "aspp.rates")  # absent from older files: defaults then apply
+    missing = [k for k in expected if k not in state and not k.endswith(optional)]
     unexpected = [k for k in state if k not in expected]
     reshaped = [
         f"{k} expected {tuple(expected[k].shape)} got {tuple(state[k].shape)}"

@@ -9,7 +9,6 @@ overwrites with) a bad file.
 
 from __future__ import annotations
 
-import inspect
 import os
 import uuid
 from dataclasses import dataclass
@@ -18,7 +17,14 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from convert.name_map import ConversionError, check_against, keras_to_torch_state_dict, variable_value
+from convert.name_map import (
+    ConversionError,
+    aspp_rates_of,
+    check_against,
+    keras_to_torch_state_dict,
+    torch_to_keras,
+    variable_value,
+)
 
 #: The competition's upper bound on the weights file.
 MAX_BYTES = 200_000_000
@@ -100,7 +106,9 @@ def model_config(model: keras.Model) -> dict:
     """The constructor arguments of the PyTorch twin, read off the Keras model's layers."""
     try:
         in_channels = int(model.inputs[0].shape[-1])
-        rates = tuple(int(model.get_layer(f"aspp.b{i}.conv").dilation_rate[0]) for i in (1, 2, 3))
+        rates = aspp_rates_of(model)
+        if rates is None:
+            raise ValueError("no layer aspp.b1.conv")
         channels = int(model.get_layer("aspp.b0.conv").filters)
         hidden = int(model.get_layer("aspp.b0.cbam.ca.fc1").units)
     except (ValueError, AttributeError, IndexError) as exc:
@@ -118,25 +126,6 @@ def build_torch_module(config: dict):
         reduction=config["reduction"],
     )
     return module.eval()
-
-
-def rates_load_kwargs(config: dict) -> tuple[dict, tuple[str, ...]]:
-    """Keyword arguments solution.load_model needs for this model, and a note when there are any.
-
-    The atrous rates leave no trace in the weights, so solution.load_model builds its default rates
-    unless told otherwise; a model trained with other rates needs them passed explicitly.
-    """
-    import solution
-
-    default = tuple(inspect.signature(solution.AttentionDeepLabV3Plus).parameters["aspp_rates"].default)
-    rates = tuple(config["aspp_rates"])
-    if rates == default:
-        return {}, ()
-    note = (
-        f"the model's ASPP rates {rates} differ from solution.py's default {default} and are not stored "
-        f"in the weights: load it with solution.load_model(path, device, aspp_rates={rates})"
-    )
-    return {"aspp_rates": rates}, (note,)
 
 
 def torch_state_dict(model: keras.Model, module, half: bool = False) -> dict:
@@ -200,7 +189,7 @@ def compare_logits(reference: np.ndarray, other: np.ndarray) -> tuple[float, flo
     if reference.shape != other.shape:
         raise ConversionError(f"logit shapes differ: Keras {reference.shape}, PyTorch {other.shape}")
     diff = np.abs(reference.astype(np.float64) - other.astype(np.float64))
-    max_diff = float(np.nanmax(diff)) if np.isfinite(diff).all() else float("inf")
+    max_diff = float(diff.max()) if np.isfinite(diff).all() else float("inf")
     agreement = float(np.mean((reference > 0) == (other > 0)))
     return max_diff, agreement
 
@@ -209,6 +198,47 @@ def tolerance_for(reference_logits: np.ndarray, half: bool) -> float:
     if not half:
         return FP32_TOLERANCE
     return max(HALF_TOLERANCE, HALF_RELATIVE_TOLERANCE * float(np.max(np.abs(reference_logits))))
+
+
+def _all_layers(model: keras.Model):
+    for layer in model.layers:
+        yield layer
+        if isinstance(layer, keras.Model):
+            yield from _all_layers(layer)
+
+
+def float32_reference(model: keras.Model, config: dict) -> tuple[keras.Model, tuple[str, ...]]:
+    """``model`` itself when it computes in float32, else a float32 copy carrying the same weights.
+
+    solution.py computes in float32, so a model trained under a mixed-precision policy is verified
+    through its float32 twin; the copy is built from the keras-glacier definition and filled from the
+    converted float32 weights through the inverse map, which reproduces every weight exactly (not from
+    the float16 file tensors, which would hide the --half rounding from the check).
+    """
+    policies = {layer.dtype_policy.name for layer in _all_layers(model)} - {"float32"}
+    if not policies:
+        return model, ()
+    from keras_glacier.model import build_deeplab
+
+    normalize = model.get_layer("normalize")
+    stats = {variable.name: variable_value(variable).tolist() for variable in normalize.weights}
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("float32")
+    try:
+        reference = build_deeplab(
+            num_bands=config["in_channels"],
+            stats=stats,
+            aspp_rates=config["aspp_rates"],
+            reduction=config["reduction"],
+        )
+    finally:
+        keras.config.set_dtype_policy(previous)
+    torch_to_keras(keras_to_torch_state_dict(model), reference)
+    note = (
+        f"the Keras model computes in {', '.join(sorted(policies))}; it was verified through its float32 "
+        "equivalent (same weights), which is what solution.py computes"
+    )
+    return reference, (note,)
 
 
 def _save_atomically_verified(tensors: dict, out_path: Path, verify_file) -> int:
@@ -259,7 +289,7 @@ def convert_model(
     module = build_torch_module(config)
     tensors = torch_state_dict(model, module, half=half)
     measured: dict = {}
-    load_kwargs, notes = rates_load_kwargs(config)
+    notes: list[str] = []
 
     def verify_file(tmp: Path) -> None:
         if not verify:
@@ -267,12 +297,14 @@ def convert_model(
         import solution
 
         try:
-            loaded = solution.load_model(str(tmp), "cpu", **load_kwargs)
+            loaded = solution.load_model(str(tmp), "cpu")
         except solution.InputError as exc:
             reason = str(exc).replace(f"{tmp}: ", "")
             raise ConversionError(f"{out_path}: not written: solution.load_model rejects it: {reason}") from exc
-        batch = probe_batch(model)
-        reference = keras_logits(model, batch)
+        reference_model, precision_notes = float32_reference(model, config)
+        notes.extend(precision_notes)
+        batch = probe_batch(reference_model)
+        reference = keras_logits(reference_model, batch)
         max_diff, agreement = compare_logits(reference, torch_logits(loaded, batch))
         tolerance = tolerance_for(reference, half)
         measured.update(max_abs_diff=max_diff, mask_agreement=agreement, tolerance=tolerance)
@@ -293,6 +325,6 @@ def convert_model(
         in_channels=config["in_channels"],
         aspp_rates=tuple(config["aspp_rates"]),
         reduction=config["reduction"],
-        notes=notes,
+        notes=tuple(notes),
         **measured,
     )

@@ -146,9 +146,24 @@ def _variables_by_rule(path: str, layer: keras.layers.Layer, kind: str, rules: t
     return pairs
 
 
+#: The ASPP's dilation rates shape no weight, so the PyTorch module keeps them as an int64 buffer.
+ASPP_RATES_KEY = "aspp.rates"
+
+
+def aspp_rates_of(model: keras.Model) -> tuple[int, ...] | None:
+    """The dilation rates of the ASPP's three atrous branches, or None for a model without an ASPP."""
+    try:
+        return tuple(int(model.get_layer(f"aspp.b{i}.conv").dilation_rate[0]) for i in (1, 2, 3))
+    except ValueError:
+        return None
+
+
 def keras_to_torch_state_dict(model: keras.Model) -> dict[str, np.ndarray]:
     """The PyTorch state dict (as numpy arrays, float32 / int64) holding ``model``'s weights."""
     state: dict[str, np.ndarray] = {}
+    rates = aspp_rates_of(model)
+    if rates is not None:
+        state[ASPP_RATES_KEY] = np.asarray(rates, dtype=np.int64)
     for path, layer in iter_weighted_layers(model):
         kind, rules = layer_kind(layer)
         for variable, rule in _variables_by_rule(path, layer, kind, rules):
@@ -246,6 +261,11 @@ def torch_to_keras(
             counter = f"{base}.{NUM_BATCHES_TRACKED}" if base else NUM_BATCHES_TRACKED
             if counter in state_dict:
                 used.add(counter)
+    if ASPP_RATES_KEY in state_dict and _state_key(ASPP_RATES_KEY, prefix_map) is not None:
+        rates = tuple(int(r) for r in _to_numpy(state_dict[ASPP_RATES_KEY]).tolist())
+        if rates != aspp_rates_of(model):
+            wrong.append(f"{ASPP_RATES_KEY}: the Keras model has rates {aspp_rates_of(model)}, the state dict {rates}")
+        used.add(ASPP_RATES_KEY)
     unexpected = sorted(set(state_dict) - used) if strict else []
     if missing or wrong or unexpected:
         parts = []

@@ -94,8 +94,8 @@ def load_torchvision_resnet34(path: str | Path, keras_model: keras.Model) -> set
             f"{path}: not a torchvision ResNet-34 state dict (first missing key: '{first_missing}')"
         )
     adapted = {key: value for key, value in state.items() if not key.startswith(IGNORED_PREFIXES)}
-    adapted[STEM_KEY] = adapt_stem(_as_numpy(state[STEM_KEY]), _stem_bands(keras_model, prefix_map))
     try:
+        adapted[STEM_KEY] = adapt_stem(_as_numpy(state[STEM_KEY]), _stem_bands(keras_model, prefix_map))
         return torch_to_keras(adapted, keras_model, prefix_map=prefix_map, strict=True)
     except ConversionError as exc:
         raise ConversionError(f"{path}: not a torchvision ResNet-34 state dict: {exc}") from exc

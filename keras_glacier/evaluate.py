@@ -121,8 +121,9 @@ def summarize(rows: Sequence[dict]) -> dict:
     pooled = scores_from_counts(total)
     scored = [row for row in rows if row["mcc"] is not None]
     mean = {name: (float(np.mean([row[name] for row in scored])) if scored else None) for name in SCORE_NAMES}
+    counts = {name: getattr(total, name) for name in COUNT_NAMES}
     return {
-        "pooled": {**{name: pooled[name] for name in SCORE_NAMES}, **{name: getattr(total, name) for name in COUNT_NAMES}},
+        "pooled": {**{name: pooled[name] for name in SCORE_NAMES}, **counts},
         "per_tile_mean": mean,
         "num_tiles": len(rows),
         "num_scored_tiles": len(scored),
@@ -174,12 +175,15 @@ def read_prediction(pred_dir: Path, tile: TileData, threshold: float = 0.5) -> n
     return prediction_mask(array, path, threshold)
 
 
-def select_samples(source: DatasetSource, split: str | Path | None, subset: str = "val") -> list[Sample]:
-    """All samples, or those of ``subset`` in a run's split.json (a run folder means its split.json)."""
+def select_samples(source: DatasetSource, split: str | Path | None, subset: str | None = None) -> list[Sample]:
+    """All samples, or those of ``subset`` (default val) in a run's split.json (a run folder means its split.json)."""
+    if split is None:
+        if subset is not None:
+            raise InputError(f"--subset {subset}: needs --split (a run's split.json)")
+        return list(source.samples)
+    subset = subset or "val"
     if subset not in SUBSETS:
         raise InputError(f"--subset {subset!r}: must be one of {', '.join(SUBSETS)}")
-    if split is None:
-        return list(source.samples)
     path = Path(split)
     if path.is_dir():
         path = path / "split.json"
@@ -201,7 +205,7 @@ def evaluate(
     pred_dir: str | Path | None = None,
     model=None,
     split: str | Path | None = None,
-    subset: str = "val",
+    subset: str | None = None,
     bands: Sequence[int] | None = None,
     threshold: float = 0.5,
     window: int = 1024,
@@ -211,6 +215,8 @@ def evaluate(
     progress: bool | None = None,
 ) -> dict:
     """Score ``pred_dir``'s masks and/or ``model`` (with and without TTA) on ``labels_from``'s labels.
+
+    ``split`` (a run's split.json or run folder) restricts the tiles to ``subset`` (default "val").
 
     Returns ``{"variants": {name: summarize(...)}, "tiles": {name: rows}, ...settings}``; with
     ``out_dir`` also writes per_tile.csv, metrics.json (everything but the rows) and worst_tiles.png
@@ -266,7 +272,7 @@ def evaluate(
         "pred": None if pred_dir is None else str(pred_dir),
         "model": None if loaded is None else loaded.name,
         "split": None if split is None else str(split),
-        "subset": subset if split is not None else "all",
+        "subset": (subset or "val") if split is not None else "all",
         "bands": list(chosen),
         "threshold": threshold,
         "num_tiles": len(samples),
@@ -355,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"report folder for {PER_TILE_CSV}, {WORST_PNG} and {METRICS_JSON} (created)")
     parser.add_argument("--split", type=Path, default=None,
                         help="a run's split.json (or the run folder): evaluate only the tiles of --subset")
-    parser.add_argument("--subset", choices=SUBSETS, default="val",
+    parser.add_argument("--subset", choices=SUBSETS, default=None,
                         help="with --split: which side of the split to evaluate (default val)")
     parser.add_argument("--bands", type=bands_argument, default=None,
                         help="npy slices only: comma-separated channels (default: the run's config.json, else "

@@ -121,18 +121,15 @@ def keras_forward(model) -> Forward:
     """A ``solution.Forward`` running ``model`` in inference mode, compiled once per input shape.
 
     On JAX the whole sigmoid(model(x)) is one ``jax.jit`` function of the weights and the batch, so
-    XLA compiles it once per (N, H, W, C) and later calls only run it. The weights are captured
-    when this is called: make a new forward after changing them. A batch smaller than the largest
-    one already seen with the same (H, W, C) (the last, partial batch of a run) is zero-padded to
-    that size and the padding dropped from the result, which saves a compilation per remainder size.
+    XLA compiles it once per (N, H, W, C) and later calls only run it; the weights are arguments,
+    so the forward always uses the model's current weights. A batch smaller than the largest one
+    already seen with the same (H, W, C) (the last, partial batch of a run) is zero-padded to that
+    size and the padding dropped from the result, which saves a compilation per remainder size.
     """
     import keras
 
     if keras.backend.backend() == "jax":
         import jax
-
-        trainable = [variable.value for variable in model.trainable_variables]
-        non_trainable = [variable.value for variable in model.non_trainable_variables]
 
         @jax.jit
         def probabilities(trainable, non_trainable, batch):
@@ -140,6 +137,9 @@ def keras_forward(model) -> Forward:
             return jax.nn.sigmoid(logits.astype("float32"))[..., 0]
 
         def run(batch: np.ndarray) -> np.ndarray:
+            # Current values on every call: Keras' own fit/predict donate (delete) the old buffers.
+            trainable = [variable.value for variable in model.trainable_variables]
+            non_trainable = [variable.value for variable in model.non_trainable_variables]
             return np.asarray(probabilities(trainable, non_trainable, batch))
 
     else:  # other Keras backends: eager, still correct

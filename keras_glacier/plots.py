@@ -97,7 +97,7 @@ def plot_predictions(
             (unit_rgb(images[row], lo, hi, rgb), None, "bands as RGB" if row == 0 else None),
             (shown_truth, "gray", "truth (grey = ignored)" if row == 0 else None),
             (prob, "viridis", "probability" if row == 0 else None),
-            (error_map(truth, (prob >= 0.5).astype(np.uint8)), None,
+            (error_map(truth, (prob > 0.5).astype(np.uint8)), None,
              "errors (red FP, blue FN)" if row == 0 else None),
         ]
         for col, (img, cmap, title) in enumerate(panels):

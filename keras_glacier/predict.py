@@ -14,7 +14,7 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -23,7 +23,7 @@ import numpy as np
 import keras_glacier  # noqa: F401  (selects the JAX backend before keras is imported)
 from keras_glacier.data.errors import InputError
 from keras_glacier.data.fileio import atomic_write
-from keras_glacier.data.sources import discover
+from keras_glacier.data.sources import TIFF, discover
 from keras_glacier.inference import (
     bands_argument,
     check_band_count,
@@ -111,10 +111,13 @@ def predict_folder(
     forward = keras_forward(loaded.model)
     write_mask = solution_module().write_mask_tiff
     paths = []
-    bar = tqdm(total=len(source.samples), desc="glacier masks", unit="tile", file=sys.stderr,
+    # Labels play no part in a prediction: band-folder tiles are read without them (npy slices
+    # always come with their masks, which read_sample then checks).
+    samples = [replace(sample, label_path=None) if sample.kind == TIFF else sample for sample in source.samples]
+    bar = tqdm(total=len(samples), desc="glacier masks", unit="tile", file=sys.stderr,
                disable=None if progress is None else not progress)
     with bar:
-        for chunk in iter_chunks(source.samples, chosen, batch_size):
+        for chunk in iter_chunks(samples, chosen, batch_size):
             maps = predict_probabilities(forward, [tile.image for tile in chunk], tta, window, overlap, batch_size)
             for tile, probability in zip(chunk, maps):
                 name = output_name(tile.sample)

@@ -360,6 +360,8 @@ def run(args: argparse.Namespace) -> dict:
     """The whole job; returns the final validation metrics (and paths) for callers such as the notebook."""
     import keras
 
+    from keras_glacier.callbacks import FigureWriter
+
     run_dir = choose_run_dir(args)
     saved = json.loads((run_dir / "config.json").read_text()) if args.resume else None
     settings = resolve_settings(args, saved)
@@ -382,21 +384,22 @@ def run(args: argparse.Namespace) -> dict:
               verbose=2 if not sys.stdout.isatty() else "auto")
 
     best_path = run_dir / "best.keras"
-    final = keras.saving.load_model(best_path) if best_path.exists() else model
-    save_model(final, run_dir / "model.keras")
-    compile_model(final, settings, len(train_seq))
-    scores = final.evaluate(val_seq, verbose=0, return_dict=True)
+    if best_path.exists():
+        # Same architecture, so loading weights into the compiled model reuses its compiled functions.
+        model.load_weights(best_path)
+    save_model(model, run_dir / "model.keras")
+    scores = model.evaluate(val_seq, verbose=0, return_dict=True)
     metrics = {key: float(scores[key]) for key in ("mcc", "iou", "f1", "precision", "recall", "r2", "loss")}
     write_json(run_dir / "metrics.json", metrics)
     print_table(f"validation ({len(val)} tiles, whole-set confusion matrix, best epoch's model)", metrics)
-    callbacks[-1].set_model(final)
-    callbacks[-1].write_predictions()
+    figures = next(c for c in callbacks if isinstance(c, FigureWriter))
+    figures.write_predictions()
 
     result = {"run_dir": str(run_dir), "metrics": metrics, "model": str(run_dir / "model.keras")}
     if not settings["no_export"]:
         from convert import convert_model
 
-        report = convert_model(final, run_dir / "model.pth")
+        report = convert_model(model, run_dir / "model.pth")
         print(report.summary())
         result["model_pth"] = str(run_dir / "model.pth")
     return result

@@ -13,6 +13,7 @@ import sys
 import warnings
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 import torch
@@ -21,6 +22,7 @@ import convert.export
 import solution
 from convert.__main__ import build_parser, main
 from convert.export import convert_model, keras_logits, load_keras_model, probe_batch, torch_logits
+from convert.name_map import keras_to_torch_state_dict, torch_to_keras
 from convert.parity import randomize_weights
 from keras_glacier.model import build_deeplab
 
@@ -142,7 +144,7 @@ def test_refuses_files_over_the_size_limit(run_dir, tmp_path, monkeypatch, capsy
     assert list(tmp_path.iterdir()) == []
 
 
-def test_api_reports_and_notes_non_default_aspp_rates(tmp_path):
+def test_non_default_aspp_rates_travel_inside_model_pth(tmp_path):
     model = build_deeplab(num_bands=3, stats=STATS, aspp_rates=(3, 6, 9))
     randomize_weights(model, seed=5)
     out = tmp_path / "rates.pth"
@@ -154,8 +156,26 @@ def test_api_reports_and_notes_non_default_aspp_rates(tmp_path):
     assert report.num_parameters == sum(
         p.numel() for p in solution.AttentionDeepLabV3Plus(3, (3, 6, 9)).parameters()
     )
-    assert len(report.notes) == 1 and "aspp_rates=(3, 6, 9)" in report.notes[0]
-    assert "note: the model's ASPP rates (3, 6, 9)" in report.summary()
+    loaded = solution.load_model(out, "cpu")  # no aspp_rates argument: the file says which
+    assert [m.dilation[0] for m in (loaded.aspp.b1.conv, loaded.aspp.b2.conv, loaded.aspp.b3.conv)] == [3, 6, 9]
+    assert loaded.aspp.rates.tolist() == [3, 6, 9]
+
+
+def test_mixed_precision_model_is_verified_through_its_float32_equivalent(saved_keras_model, tmp_path):
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        model = build_deeplab(num_bands=3, stats=STATS, reduction=8)
+    finally:
+        keras.config.set_dtype_policy("float32")
+    torch_to_keras(keras_to_torch_state_dict(saved_keras_model), model)  # trained-like weights
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        report = convert_model(model, tmp_path / "mixed.pth")
+        assert keras.config.dtype_policy().name == "mixed_bfloat16"  # the caller's policy is restored
+    finally:
+        keras.config.set_dtype_policy("float32")
+    assert report.max_abs_diff <= 1e-4
+    assert any("computes in mixed_bfloat16" in note for note in report.notes)
 
 
 def test_missing_path_is_a_one_line_error_from_the_real_entry_point(tmp_path):

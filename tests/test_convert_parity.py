@@ -268,6 +268,8 @@ def test_torchvision_resnet34_loads_into_backbone_with_adapted_stem(scratch_mode
             continue
         np.testing.assert_array_equal(loaded[f"backbone.{key}"], value.numpy(), err_msg=key)
     np.testing.assert_array_equal(variable_value(scratch_model.get_layer("head").kernel), head_before)
+    # The bare backbone model is accepted too (its layers then carry no "backbone." prefix).
+    assert load_torchvision_resnet34(path, scratch_model.get_layer("backbone")) == used
 
 
 def test_torchvision_loader_names_the_file_and_first_missing_key(scratch_model, tmp_path):

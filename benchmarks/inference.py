@@ -1,0 +1,247 @@
+"""Prediction speed and memory: solution.py's batched tiling (with and without flip TTA) vs a naive loop,
+and the Keras model through the same driver.
+
+Every contender turns the same raw (H, W, 5) tiles into probability maps:
+
+* ``torch batched``: ``solution.predict_tiles`` with ``solution.torch_forward`` (the submission's path),
+  ``batch_size`` tiles per forward pass, times four flipped views with TTA;
+* ``torch batched, channels_last``: the same with the model in channels_last memory format;
+* ``torch naive``: one tile and one view per forward pass (what a straightforward loop does);
+* ``keras batched``: ``solution.predict_tiles`` fed with ``keras_glacier.inference.keras_forward``
+  (the jit-compiled forward that ``keras_glacier.predict`` uses). Its first call per batch shape
+  compiles; that is reported as ``compile_s`` and not timed.
+
+The Keras and torch models share their weights when ``convert`` is importable (the table then shows
+the largest probability difference between them); otherwise they are two random initialisations.
+Contenders alternate round by round in one process.
+
+Memory: PyTorch on CPU has no peak-memory counter, so two figures are taken in an extra untimed
+pass per contender: ``rss_peak_mb``, the peak resident set size sampled every 2 ms minus the RSS
+before the pass (all allocations: torch/XLA buffers, numpy arrays), and ``numpy_peak_mb``, the
+tracemalloc peak (numpy arrays of the tiling driver only; torch and XLA allocate outside it).
+
+    python -m benchmarks.inference                 # 4 tiles of 512x512
+    python -m benchmarks.inference --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import sys
+import threading
+import time
+import tracemalloc
+from collections.abc import Callable
+
+import numpy as np
+
+import keras_glacier  # noqa: F401  (selects the JAX backend before keras is imported)
+from benchmarks.common import interleaved, load_average, markdown_table, median, spread, timed
+from benchmarks.train_step import NUM_BANDS, STATS
+
+DEFAULT_SIZE = 512
+DEFAULT_TILES = 4
+DEFAULT_BATCH = 4
+
+
+def make_tiles(count: int, size: int, seed: int = 0) -> list[np.ndarray]:
+    """Raw band tiles with a NaN stripe (no-data) in each, as real tiles have."""
+    rng = np.random.default_rng(seed)
+    lo, hi = np.array(STATS["lo"], np.float32), np.array(STATS["hi"], np.float32)
+    tiles = []
+    for _ in range(count):
+        tile = (lo + rng.random((size, size, NUM_BANDS), dtype=np.float32) * (hi - lo)).astype(np.float32)
+        tile[: size // 16] = np.nan
+        tiles.append(tile)
+    return tiles
+
+
+def build_models():
+    """The Keras model and its PyTorch twin (same weights when ``convert`` is available), eval mode."""
+    import torch
+
+    import solution
+    from keras_glacier.model import build_deeplab
+
+    keras_model = build_deeplab(num_bands=NUM_BANDS, stats=STATS)
+    torch_model = solution.AttentionDeepLabV3Plus(in_channels=NUM_BANDS)
+    try:
+        from convert.name_map import keras_to_torch_state_dict
+    except ImportError:
+        shared = False
+        with torch.no_grad():
+            for name in ("lo", "hi", "mean", "std"):
+                getattr(torch_model.normalize, name).copy_(torch.tensor(STATS[name]))
+    else:
+        state = {key: torch.from_numpy(np.asarray(value)) for key, value in keras_to_torch_state_dict(keras_model).items()}
+        torch_model.load_state_dict(state, strict=False)
+        shared = True
+    return keras_model, torch_model.eval(), shared
+
+
+def naive_predict(forward, tiles: list[np.ndarray], tta: bool) -> list[np.ndarray]:
+    """One tile, one view per forward pass; flips undone and averaged like ``solution.predict_tiles``."""
+    import solution
+
+    results = []
+    for tile in tiles:
+        views = [(slice(None), slice(None))]
+        if tta:
+            views += [(slice(None), slice(None, None, -1)), (slice(None, None, -1), slice(None)),
+                      (slice(None, None, -1), slice(None, None, -1))]  # fmt: skip
+        total = np.zeros(tile.shape[:2], np.float32)
+        for rows, cols in views:
+            view = np.ascontiguousarray(tile[rows, cols][None])
+            total += np.asarray(forward(view))[0].reshape(tile.shape[:2])[rows, cols]
+        prob = total / len(views)
+        prob[solution.nodata_mask(tile)] = 0.0
+        results.append(prob)
+    return results
+
+
+class RssSampler:
+    """Peak resident set size of this process while the context is open, sampled from /proc."""
+
+    def __init__(self, interval: float = 0.002):
+        self.interval = interval
+        self.peak = 0
+        self._stop = threading.Event()
+        self._page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+    def _rss(self) -> int:
+        try:
+            with open("/proc/self/statm", encoding="ascii") as handle:
+                return int(handle.read().split()[1]) * self._page
+        except OSError:  # not Linux: the lifetime peak is all there is
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+    def _loop(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._rss())
+            time.sleep(self.interval)
+
+    def __enter__(self):
+        self.base = self._rss()
+        self.peak = self.base
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._rss())
+
+    @property
+    def increase_mb(self) -> float:
+        return (self.peak - self.base) / 2**20
+
+
+def measure_memory(fn: Callable[[], object]) -> tuple[float, float]:
+    """(peak RSS increase MiB, tracemalloc peak MiB) of one call."""
+    tracemalloc.start()
+    try:
+        with RssSampler() as rss:
+            fn()
+        _, numpy_peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return rss.increase_mb, numpy_peak / 2**20
+
+
+def run(size: int = DEFAULT_SIZE, tiles: int = DEFAULT_TILES, batch_size: int = DEFAULT_BATCH, rounds: int = 3,
+        tta_modes=(False, True), naive: bool = True, channels_last: bool = True, seed: int = 0) -> list[dict]:
+    """One row per (contender, TTA): median seconds for all tiles, tiles/s, memory, ratio to torch batched."""
+    import torch
+
+    import solution
+    from keras_glacier.inference import keras_forward
+
+    images = make_tiles(tiles, size, seed)
+    keras_model, torch_model, shared = build_models()
+    torch_fwd = solution.torch_forward(torch_model)
+    cl_model = None
+    if channels_last:
+        import copy
+
+        cl_model = copy.deepcopy(torch_model).to(memory_format=torch.channels_last)
+    cl_fwd = solution.torch_forward(cl_model) if cl_model is not None else None
+    keras_fwd = keras_forward(keras_model)
+
+    def batched(forward, tta):
+        return lambda: solution.predict_tiles(forward, images, tta=tta, window=size, overlap=0, batch_size=batch_size)
+
+    rows = []
+    for tta in tta_modes:
+        load_before = load_average()
+        contenders = {"torch batched": batched(torch_fwd, tta)}
+        if cl_fwd is not None:
+            contenders["torch batched, channels_last"] = batched(cl_fwd, tta)
+        if naive:
+            contenders["torch naive (1 view/pass)"] = lambda tta=tta: naive_predict(torch_fwd, images, tta)
+        contenders["keras batched"] = batched(keras_fwd, tta)
+        compile_s, keras_maps = timed(contenders["keras batched"])  # first call per shape compiles
+        torch_maps = contenders["torch batched"]()
+        max_diff = max(float(np.max(np.abs(a - b))) for a, b in zip(keras_maps, torch_maps))
+        samples = interleaved(contenders, rounds=rounds, warmup=0)
+        reference = median(samples["torch batched"])
+        for name, times in samples.items():
+            seconds = median(times)
+            rss_mb, numpy_mb = measure_memory(contenders[name])
+            row = {
+                "contender": name,
+                "tta": "4 flips" if tta else "off",
+                "tiles": f"{tiles}x{size}x{size}",
+                "batch": 1 if name.startswith("torch naive") else batch_size,
+                "seconds": seconds,
+                "tiles_per_s": tiles / seconds,
+                "vs_torch_batched": seconds / reference,
+                "rss_peak_mb": rss_mb,
+                "numpy_peak_mb": numpy_mb,
+                "noise": spread(times),
+                "compile_s": compile_s if name == "keras batched" else None,
+                "max_prob_diff_keras_torch": (max_diff if shared else None) if name == "keras batched" else None,
+                "load": f"{load_before} -> {load_average()}",
+            }
+            rows.append(row)
+    return rows
+
+
+NOTES = (
+    "seconds: median wall time to predict all tiles (pad, views, forward passes, flips undone, blend, no-data "
+    "zeroed); vs_torch_batched: seconds / the torch batched row (below 1 = faster). rss_peak_mb: peak resident "
+    "set size sampled every 2 ms during one extra call, minus the RSS before it (torch on CPU has no peak "
+    "counter; this includes torch/XLA buffers that the allocator reuses, so a contender that runs after a "
+    "bigger one can show less). numpy_peak_mb: tracemalloc peak of the same call (numpy arrays only). "
+    "compile_s: the first Keras call (jit compile + one run). max_prob_diff_keras_torch: largest |probability "
+    "difference| of the two models with shared converted weights."
+)
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", type=int, default=None, help="tile height and width (default 512; --quick 64)")
+    parser.add_argument("--tiles", type=int, default=None, help="number of tiles (default 4; --quick 2)")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH,
+                        help="tiles per forward pass for the batched contenders (default 4)")
+    parser.add_argument("--rounds", type=int, default=None, help="timed rounds per contender (default 3; --quick 1)")
+    parser.add_argument("--no-naive", action="store_true", help="skip the one-view-per-pass loop")
+    parser.add_argument("--no-channels-last", action="store_true", help="skip the channels_last torch contender")
+    parser.add_argument("--quick", action="store_true", help="tiny tiles and one round (a smoke run)")
+    args = parser.parse_args(argv)
+    size = args.size or (64 if args.quick else DEFAULT_SIZE)
+    if size % 16:
+        parser.error("--size must be a multiple of 16")
+    rows = run(size=size, tiles=args.tiles or (2 if args.quick else DEFAULT_TILES), batch_size=args.batch_size,
+               rounds=args.rounds or (1 if args.quick else 3), naive=not args.no_naive,
+               channels_last=not args.no_channels_last)  # fmt: skip
+    print(markdown_table(rows))
+    print()
+    print(NOTES)
+    return rows
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

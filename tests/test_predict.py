@@ -1,0 +1,238 @@
+"""``python -m keras_glacier.predict`` and the Keras forward it hands to ``solution.predict_tiles``.
+
+The model is the real network with random, non-trivial weights whose head is shifted so that about
+half of the demo pixels come out as glacier (a constant prediction would hide flips and no-data bugs).
+"""
+
+import keras_glacier  # noqa: F401  (selects the Keras backend first)
+
+# isort: split
+
+import contextlib
+import io
+import json
+import shutil
+
+import numpy as np
+import pytest
+import tifffile
+
+import solution
+from convert.export import convert_model
+from convert.parity import randomize_weights
+from keras_glacier import inference, predict
+from keras_glacier.data import discover, read_sample
+from keras_glacier.data.sources import NPY
+from keras_glacier.model import build_deeplab
+
+#: ModelPixelScaleTag written on the Band1 inputs; the masks must carry it.
+PIXEL_SCALE = (30.0, 30.0, 0.0)
+GEO_EXTRATAGS = [(33550, "d", 3, PIXEL_SCALE, True)]
+
+
+def make_run(folder, stats, images, seed=0):
+    """A run folder (model.keras, stats.json, config.json) with a random model calibrated on ``images``."""
+    model = build_deeplab(5, stats=stats)
+    randomize_weights(model, seed=seed)
+    probabilities = inference.keras_forward(model)(np.stack(images))
+    p = np.clip(probabilities.astype(np.float64), 1e-7, 1 - 1e-7)
+    head = model.get_layer("head")
+    head.bias.assign(head.bias - np.float32(np.median(np.log(p / (1 - p)))))
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save(folder / "model.keras")
+    (folder / "stats.json").write_text(json.dumps(stats))
+    (folder / "config.json").write_text(json.dumps({"bands": None}))
+    return folder, model
+
+
+def run_cli(main, argv):
+    """(exit status, stdout, stderr) of an in-process CLI call (keeps the compiled model cache warm)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        status = main([str(arg) for arg in argv])
+    return status, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, demo_stats, demo_tiff_source):
+    images = [read_sample(sample, (0, 1, 2, 3, 4))[0] for sample in demo_tiff_source.samples]
+    return make_run(tmp_path_factory.mktemp("run") / "run", demo_stats.to_dict(), images)
+
+
+@pytest.fixture(scope="module")
+def geo_root(tmp_path_factory, demo_tiff_root):
+    """The demo band folders with georeferenced Band1 files and explicit no-data pixels.
+
+    Tile 0: Band2 NaN in rows 0-7, cols 0-7 (one non-finite band). Tile 1: every band 0 in rows
+    10-13 (all bands exactly zero). Both are no-data and must come out as background.
+    """
+    root = tmp_path_factory.mktemp("geo") / "data"
+    shutil.copytree(demo_tiff_root, root)
+    for path in sorted((root / "Band1").iterdir()):
+        tifffile.imwrite(path, tifffile.imread(path), extratags=GEO_EXTRATAGS)
+    samples = discover(root).samples
+    band2 = samples[0].image_paths[1]
+    data = tifffile.imread(band2)
+    data[0:8, 0:8] = np.nan
+    tifffile.imwrite(band2, data)
+    for path in samples[1].image_paths:
+        data = tifffile.imread(path)
+        data[10:14] = 0.0
+        tifffile.imwrite(path, data, extratags=GEO_EXTRATAGS if "Band1" in path else ())
+    return root
+
+
+@pytest.fixture(scope="module")
+def predicted(run, geo_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("predicted") / "masks"
+    status, stdout, stderr = run_cli(predict.main, [run[0], "--data", geo_root, "--out", out, "--probabilities"])
+    assert status == 0, stderr
+    return out, stdout
+
+
+def test_band_folder_masks_follow_the_submission_contract(predicted, geo_root):
+    out, stdout = predicted
+    samples = discover(geo_root).samples
+    assert sorted(p.name for p in out.glob("*.tif")) == sorted(s.name for s in samples)
+    assert stdout.count("\n") == 1 and stdout.startswith(f"predicted {len(samples)} tiles in ")
+    masks = []
+    for sample in samples:
+        with tifffile.TiffFile(out / sample.name) as tif:
+            page = tif.pages[0]
+            mask = page.asarray()
+            assert page.compression == tifffile.COMPRESSION.NONE
+            assert page.tags[33550].value == PIXEL_SCALE
+            assert 42113 not in page.tags
+        assert mask.dtype == np.uint8 and mask.shape == (64, 64)
+        assert set(np.unique(mask)) <= {0, 255}
+        probability = tifffile.imread(out / "probabilities" / sample.name)
+        assert probability.dtype == np.float32 and probability.shape == (64, 64)
+        assert np.array_equal(mask == 255, probability > 0.5)
+        masks.append(mask)
+    fraction = np.mean(np.stack(masks) == 255)
+    assert 0.05 < fraction < 0.95, fraction
+    assert not list(out.glob(".*")), "temporary files left behind"
+
+
+def test_nodata_pixels_are_background(predicted, geo_root):
+    out, _ = predicted
+    samples = discover(geo_root).samples
+    assert (tifffile.imread(out / samples[0].name)[0:8, 0:8] == 0).all()
+    assert (tifffile.imread(out / samples[1].name)[10:14] == 0).all()
+    assert (tifffile.imread(out / "probabilities" / samples[1].name)[10:14] == 0).all()
+
+
+def test_keras_masks_equal_the_pytorch_submission(predicted, run, geo_root, tmp_path):
+    """Same weights on both sides (converted .pth): solution.maskgeration writes the same masks."""
+    out, _ = predicted
+    weights = tmp_path / "model.pth"
+    convert_model(run[0] / "model.keras", weights, verify=False)
+    torch_out = tmp_path / "torch_masks"
+    masks = solution.maskgeration(str(geo_root), str(torch_out), weights=str(weights), device="cpu", progress=False)
+    torch_model = solution.load_model(str(weights), "cpu")
+    for sample in discover(geo_root).samples:
+        keras_mask = tifffile.imread(out / sample.name)
+        torch_mask = tifffile.imread(torch_out / sample.name)
+        keras_probability = tifffile.imread(out / "probabilities" / sample.name)
+        assert np.array_equal(masks[sample.sample_id] * 255, torch_mask)
+        image = read_sample(sample, (0, 1, 2, 3, 4))[0]
+        torch_probability = solution.predict_probabilities(torch_model, image, device="cpu")
+        assert np.abs(torch_probability - keras_probability).max() < 1e-4
+        # A mask may only differ where the probability is within rounding of the threshold.
+        differ = keras_mask != torch_mask
+        assert (np.abs(keras_probability[differ] - 0.5) < 1e-4).all()
+
+
+def test_tta_is_the_mean_of_the_four_flipped_predictions(run, demo_tiff_source):
+    forward = inference.keras_forward(run[1])
+    image = read_sample(demo_tiff_source.samples[2], (0, 1, 2, 3, 4))[0]
+    image[5:9] = np.nan  # no-data rows: 0 in every view, so 0 in the mean
+    tta = inference.predict_probabilities(forward, [image], tta=True)[0]
+    views = []
+    for axes in ((), (0,), (1,), (0, 1)):
+        flipped = np.flip(image, axis=axes) if axes else image
+        probability = inference.predict_probabilities(forward, [flipped], tta=False)[0]
+        views.append(np.flip(probability, axis=axes) if axes else probability)
+    assert np.abs(tta - np.mean(views, axis=0)).max() < 1e-5
+    assert np.abs(views[0] - views[1]).max() > 1e-3, "flips must matter for this check to mean anything"
+    assert (tta[5:9] == 0).all()
+
+
+def test_keras_forward_pads_small_batches_and_follows_weight_changes(run, demo_tiff_source):
+    model = run[1]
+    batch = np.stack([read_sample(s, (0, 1, 2, 3, 4))[0] for s in demo_tiff_source.samples[:3]])
+    forward = inference.keras_forward(model)
+    full = forward(batch)
+    assert full.shape == (3, 64, 64) and full.dtype == np.float32
+    single = forward(batch[1:2])  # zero-padded to the 3-tile batch already compiled
+    assert single.shape == (1, 64, 64)
+    assert np.abs(single[0] - full[1]).max() < 1e-6
+    head = model.get_layer("head")
+    original = head.bias.numpy()
+    try:
+        head.bias.assign(original + 1.0)  # every logit + 1
+        shifted = forward(batch)
+    finally:
+        head.bias.assign(original)
+    logits = np.log(full.astype(np.float64)) - np.log1p(-full.astype(np.float64))
+    nodata = np.stack([solution.nodata_mask(image) for image in batch])
+    assert np.abs(shifted - 1.0 / (1.0 + np.exp(-(logits + 1.0))))[~nodata].max() < 1e-4
+
+
+def test_npy_slices_get_stem_named_masks(run, demo_npy_root, tmp_path):
+    data = tmp_path / "slices"
+    data.mkdir()
+    for name in ("slice_0_image_0.npy", "slice_0_mask_0.npy", "slice_1_image_2.npy", "slice_1_mask_2.npy"):
+        shutil.copy(demo_npy_root / name, data / name)
+    out = tmp_path / "masks"
+    status, stdout, stderr = run_cli(predict.main, [run[0] / "model.keras", "--data", data, "--out", out, "--no-tta"])
+    assert status == 0, stderr
+    assert "predicted 2 tiles" in stdout and "TTA off" in stdout
+    assert sorted(p.name for p in out.iterdir()) == ["slice_0_image_0.tif", "slice_1_image_2.tif"]
+    for path in out.iterdir():
+        mask = tifffile.imread(path)
+        assert mask.dtype == np.uint8 and mask.shape == (64, 64) and set(np.unique(mask)) <= {0, 255}
+
+
+def test_bands_come_from_the_run_for_slices_only(demo_npy_source, demo_tiff_source):
+    config = {"bands": [0, 1, 2, 3, 4]}
+    assert demo_npy_source.kind == NPY
+    assert inference.choose_bands(demo_npy_source, None, {}) == (1, 2, 3, 5, 9)
+    assert inference.choose_bands(demo_npy_source, None, config) == (0, 1, 2, 3, 4)
+    assert inference.choose_bands(demo_npy_source, (4, 5, 6, 7, 8), config) == (4, 5, 6, 7, 8)
+    assert inference.choose_bands(demo_tiff_source, None, {"bands": [1, 2, 3, 5, 9]}) == (0, 1, 2, 3, 4)
+
+
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("missing_data", "dataset folder not found"),
+        ("missing_model", "model not found"),
+        ("not_keras", "not a .keras model file"),
+        ("bad_window", "--window 100"),
+        ("out_is_band1", "output folder is an input folder"),
+        ("band_count", "the model takes 5 bands but"),
+    ],
+)
+def test_bad_input_is_one_error_line(case, expected, run, geo_root, demo_npy_root, tmp_path):
+    model, data, out, extra = run[0], geo_root, tmp_path / "out", []
+    if case == "missing_data":
+        data = tmp_path / "nowhere"
+    elif case == "missing_model":
+        model = tmp_path / "nothing.keras"
+    elif case == "not_keras":
+        model = tmp_path / "weights.pth"
+        model.write_bytes(b"not a model")
+    elif case == "bad_window":
+        extra = ["--window", "100"]
+    elif case == "out_is_band1":
+        out = geo_root / "Band1"
+    elif case == "band_count":
+        data, extra = demo_npy_root, ["--bands", "1,2,3"]
+    before = sorted(p.name for p in (geo_root / "Band1").iterdir())
+    status, stdout, stderr = run_cli(predict.main, [model, "--data", data, "--out", out, *extra])
+    assert status == 2
+    assert stdout == ""
+    assert stderr.startswith("error: ") and stderr.count("\n") == 1
+    assert expected in stderr
+    assert sorted(p.name for p in (geo_root / "Band1").iterdir()) == before

@@ -1,0 +1,179 @@
+"""The training job end to end on tiny demo data: outputs, resume, errors, data-parallel."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import keras
+import pytest
+
+from keras_glacier import train
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["--demo-tiles", "8", "--demo-size", "64", "--batch-size", "2", "--workers", "1"]
+
+
+def history_epochs(run_dir: Path) -> list[int]:
+    with open(run_dir / "history.csv") as fh:
+        return [int(row["epoch"]) for row in csv.DictReader(fh)]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("run") / "demo"
+    result = train.run(train.build_parser().parse_args(["--out", str(run_dir), "--epochs", "2", *TINY]))
+    return run_dir, result
+
+
+def test_default_job_writes_every_artefact(finished_run):
+    run_dir, result = finished_run
+    for name in ("model.keras", "best.keras", "model.pth", "stats.json", "config.json", "split.json",
+                 "metrics.json", "history.csv", "curves.png", "predictions.png"):
+        assert (run_dir / name).is_file(), name
+    assert not (run_dir / "backup").exists(), "a finished run keeps no resume backup"
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert set(metrics) >= {"mcc", "iou", "f1", "precision", "recall", "r2"}
+    assert metrics == result["metrics"]
+    assert history_epochs(run_dir) == [0, 1]
+    split = json.loads((run_dir / "split.json").read_text())
+    assert set(split["train_scenes"]).isdisjoint(split["val_scenes"])
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["bands_used"] == [1, 2, 3, 5, 9] and config["epochs"] == 2
+
+
+def test_saved_model_carries_the_run_statistics(finished_run):
+    run_dir, _ = finished_run
+    stats = json.loads((run_dir / "stats.json").read_text())
+    model = keras.saving.load_model(run_dir / "model.keras")
+    norm = model.get_layer("normalize")
+    for key in ("lo", "hi", "mean", "std"):
+        assert getattr(norm, key).numpy().tolist() == pytest.approx(stats[key], rel=1e-6)
+
+
+def test_existing_run_is_never_overwritten_by_accident(finished_run, capsys):
+    run_dir, _ = finished_run
+    before = (run_dir / "model.keras").stat().st_mtime_ns
+    code = train.main(["--out", str(run_dir), "--epochs", "1", *TINY])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error:") and "--resume" in err and "\n" not in err
+    assert (run_dir / "model.keras").stat().st_mtime_ns == before
+
+
+class KillAfterEpoch(keras.callbacks.Callback):
+    """Simulates a run killed after the backup of ``epoch`` was written."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.epoch:
+            raise RuntimeError("killed")
+
+
+def test_resume_continues_from_the_saved_epoch(tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    original = train.make_callbacks
+
+    def with_killer(*args, **kwargs):
+        return [*original(*args, **kwargs), KillAfterEpoch(0)]
+
+    monkeypatch.setattr(train, "make_callbacks", with_killer)
+    with pytest.raises(RuntimeError, match="killed"):
+        train.run(train.build_parser().parse_args(["--out", str(run_dir), "--epochs", "2", "--no-export", *TINY]))
+    assert (run_dir / "backup").is_dir() and not (run_dir / "model.keras").exists()
+    assert history_epochs(run_dir) == [0]
+    monkeypatch.setattr(train, "make_callbacks", original)
+
+    seen = []
+    monkeypatch.setattr(train, "make_callbacks", lambda *a, **k: [*original(*a, **k), RecordEpochs(seen)])
+    train.run(train.build_parser().parse_args(["--out", str(run_dir), "--resume"]))
+    assert seen == [1], "the resumed run starts at the epoch after the last completed one"
+    assert history_epochs(run_dir) == [0, 1]
+    assert (run_dir / "model.keras").is_file()
+
+
+class RecordEpochs(keras.callbacks.Callback):
+    def __init__(self, seen):
+        super().__init__()
+        self.seen = seen
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.seen.append(epoch)
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["--data", "/no/such/folder"], "no such folder"),
+        (["--crop", "100"], "multiple of 16"),
+        (["--alpha", "2"], "--alpha"),
+        (["--resume"], "--resume needs --out"),
+        (["--pretrained", "/no/such/file.pth"], "no such file"),
+    ],
+)
+def test_user_mistakes_get_one_line(argv, expected, tmp_path, capsys):
+    code = train.main([*argv, "--out", str(tmp_path / "r")] if "--resume" not in argv else argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.startswith("error:") and expected in err and "\n" not in err
+
+
+def test_bad_data_folder_names_the_file(tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "slice_0_image_0.npy").write_bytes(b"not a numpy file")
+    code = train.main(["--data", str(data), "--out", str(tmp_path / "r"), *TINY])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "slice_0" in err and "\n" not in err
+
+
+def test_help_explains_every_flag():
+    text = train.build_parser().format_help()
+    for action in train.build_parser()._actions:
+        if action.option_strings and action.dest != "help":
+            assert action.help and len(action.help) > 15, action.dest
+    assert "--distribute" in text and "--precision" in text
+
+
+DATA_PARALLEL_SCRIPT = textwrap.dedent(
+    """
+    import numpy as np
+    import keras_glacier
+    import keras
+    from keras_glacier.model import build_deeplab
+    from keras_glacier.losses import BceDiceLoss
+
+    assert len(keras.distribution.list_devices()) == 4
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, (4, 64, 64, 5)).astype("float32")
+    y = (rng.uniform(0, 1, (4, 64, 64, 1)) > 0.5).astype("float32")
+
+    def step():
+        keras.utils.set_random_seed(0)
+        model = build_deeplab(5, dropout=0.0)
+        model.compile(optimizer=keras.optimizers.SGD(0.01), loss=BceDiceLoss(), jit_compile=True)
+        first = model.train_on_batch(x, y)
+        second = model.evaluate(x, y, batch_size=4, verbose=0)
+        return float(first), float(second)
+
+    single = step()
+    keras.distribution.set_distribution(keras.distribution.DataParallel(devices=keras.distribution.list_devices()))
+    parallel = step()
+    print(single, parallel)
+    assert np.allclose(single, parallel, rtol=1e-4, atol=1e-5), (single, parallel)
+    """
+)
+
+
+def test_data_parallel_on_four_cpu_devices_equals_one_device(tmp_path):
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", KERAS_BACKEND="jax")
+    done = subprocess.run([sys.executable, "-c", DATA_PARALLEL_SCRIPT], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
