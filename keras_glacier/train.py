@@ -262,6 +262,8 @@ def prepare_data(settings: dict, run_dir: Path, resume: bool):
         demo_dir = run_dir / "demo_data"
         tiles_per_scene = 4
         scenes = max(2, -(-settings["demo_tiles"] // tiles_per_scene))
+        if not resume:  # regenerate: a previous run in this folder may have used other demo settings
+            shutil.rmtree(demo_dir, ignore_errors=True)
         if not any(demo_dir.glob("slice_*_mask_*.npy")):
             make_demo_dataset(demo_dir, scenes=scenes, tiles_per_scene=tiles_per_scene,
                               size=settings["demo_size"], seed=settings["seed"])
@@ -402,6 +404,7 @@ def run(args: argparse.Namespace) -> dict:
         report = convert_model(model, run_dir / "model.pth")
         print(report.summary())
         result["model_pth"] = str(run_dir / "model.pth")
+        result["conversion"] = report
     return result
 
 
