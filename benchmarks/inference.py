@@ -75,7 +75,8 @@ def build_models():
             for name in ("lo", "hi", "mean", "std"):
                 getattr(torch_model.normalize, name).copy_(torch.tensor(STATS[name]))
     else:
-        state = {key: torch.from_numpy(np.asarray(value)) for key, value in keras_to_torch_state_dict(keras_model).items()}
+        converted = keras_to_torch_state_dict(keras_model)
+        state = {key: torch.from_numpy(np.asarray(value)) for key, value in converted.items()}
         torch_model.load_state_dict(state, strict=False)
         shared = True
     return keras_model, torch_model.eval(), shared

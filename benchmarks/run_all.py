@@ -147,8 +147,10 @@ def run(quick: bool = False, out: str | Path = DEFAULT_OUT, sections=SECTIONS, c
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="tiny settings (about a minute): checks the benchmarks run")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"markdown report to write (default {DEFAULT_OUT})")
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny settings (about a minute): checks that the benchmarks still run")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                        help="markdown report to write (default benchmarks/RESULTS.md)")
     parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS),
                         help="benchmarks to run (default: all)")
     args = parser.parse_args(argv)

@@ -216,7 +216,6 @@ def run(
     which compiles, is timed separately as ``compile_s`` and not counted in ``warmup``).
     """
     import jax
-    import torch
 
     device = torch_device()
     jax_device = jax.devices()[0]

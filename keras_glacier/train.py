@@ -380,6 +380,9 @@ def run(args: argparse.Namespace) -> dict:
           f"tile {tile_shape[0]}x{tile_shape[1]}, run folder {run_dir}", flush=True)
 
     model = build_model(settings, stats, len(bands))
+    params = model.count_params()
+    print(f"model: {model.name}, {params / 1e6:.2f}M parameters ({params * 4 / 1e6:.1f} MB as float32), "
+          f"precision {settings['precision']}, {devices} device(s), backend {keras.backend.backend()}", flush=True)
     compile_model(model, settings, len(train_seq))
     callbacks = make_callbacks(settings, run_dir, train_seq, val_seq, stats, args.resume)
     model.fit(train_seq, validation_data=val_seq, epochs=settings["epochs"], callbacks=callbacks,

@@ -177,3 +177,53 @@ def test_data_parallel_on_four_cpu_devices_equals_one_device(tmp_path):
     done = subprocess.run([sys.executable, "-c", DATA_PARALLEL_SCRIPT], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_trained_model_scores_the_same_in_keras_and_in_solution(finished_run, tmp_path):
+    """The shipped model.pth, run by the PyTorch-only submission, reproduces the Keras model's scores."""
+    import solution
+    from keras_glacier.data.export import export_band_folders
+    from keras_glacier.data.sources import discover
+    from keras_glacier.data.split import load_split
+    from keras_glacier.evaluate import evaluate
+
+    run_dir, _ = finished_run
+    _, val = load_split(run_dir / "split.json", discover(run_dir / "demo_data").samples)
+    band_dir = tmp_path / "val_bands"
+    export_band_folders(val, (1, 2, 3, 5, 9), band_dir)
+    keras_report = evaluate(band_dir, model=run_dir, progress=False)
+    masks = solution.maskgeration(str(band_dir), str(tmp_path / "pred"), weights=run_dir / "model.pth",
+                                  progress=False)
+    assert len(masks) == len(val)
+    torch_report = evaluate(band_dir, pred_dir=tmp_path / "pred", progress=False)
+    keras_pooled = keras_report["variants"]["tta"]["pooled"]
+    torch_pooled = torch_report["variants"]["pred"]["pooled"]
+    assert abs(keras_pooled["mcc"] - torch_pooled["mcc"]) < 1e-3
+    differing = sum(abs(keras_pooled[k] - torch_pooled[k]) for k in ("tp", "fp", "fn", "tn"))
+    assert differing <= 1e-4 * sum(torch_pooled[k] for k in ("tp", "fp", "fn", "tn"))
+
+
+def test_pretrained_torchvision_weights_initialise_the_encoder(tmp_path):
+    """--pretrained: a torchvision-layout ResNet-34 file on disk lands in the Keras encoder."""
+    import numpy as np
+    import torch
+
+    import solution
+    from keras_glacier.data.stats import BandStats
+
+    encoder = solution.ResNet34Encoder(3).state_dict()
+    generator = torch.Generator().manual_seed(0)
+    state = {k: (torch.randn(v.shape, generator=generator) if v.is_floating_point() else v) for k, v in encoder.items()}
+    state["fc.weight"], state["fc.bias"] = torch.zeros(1000, 512), torch.zeros(1000)
+    path = tmp_path / "resnet34.pth"
+    torch.save(state, path)
+    stats = BandStats(lo=(0.0,) * 5, hi=(1.0,) * 5, mean=(0.5,) * 5, std=(0.2,) * 5)
+    settings = dict(train.DEFAULTS, pretrained=str(path))
+    model = train.build_model(settings, stats, num_bands=5)
+    backbone = model.get_layer("backbone")
+    kernel = backbone.get_layer("layer3.2.conv1").kernel.numpy()
+    np.testing.assert_allclose(kernel, state["layer3.2.conv1.weight"].numpy().transpose(2, 3, 1, 0))
+    stem = backbone.get_layer("conv1").kernel.numpy()  # (7, 7, 5, 64): band k gets RGB filter k % 3, x 3/5
+    rgb = state["conv1.weight"].numpy().transpose(2, 3, 1, 0)
+    for band in range(5):
+        np.testing.assert_allclose(stem[:, :, band], rgb[:, :, band % 3] * 3 / 5, rtol=1e-6)

@@ -15,6 +15,8 @@ Two groups live here:
 
 from __future__ import annotations
 
+import functools
+
 import keras
 from keras import ops
 
@@ -156,29 +158,133 @@ class SpatialBroadcast(keras.layers.Layer):
         return (like_shape[0], like_shape[1], like_shape[2], x_shape[-1])
 
 
+#: A stride-1 "same" convolution runs tap by tap on XLA:CPU when at most this fraction of its
+#: kernel-tap x pixel products read the image rather than the zero padding (measured crossover:
+#: ASPP rates 6-18 on 16x16 and rates 12-18 on 32x32 maps are 1.3-10x faster tap by tap, while
+#: layer4's rate-2 convolutions (fraction 0.77-0.88) are not).
+SPARSE_TAP_FRACTION = 0.6
+
+
+def _tap_windows(height: int, width: int, kernel_size, dilation):
+    """Every kernel tap that reads inside the image, with the output rows/columns it reaches.
+
+    Yields (i, j, di, dj, r0, r1, c0, c1): tap (i, j) multiplies input pixel (y + di, x + dj) into
+    output pixel (y, x) for r0 <= y < r1, c0 <= x < c1; outside that box it reads zero padding.
+    """
+    (kh, kw), (dh, dw) = kernel_size, dilation
+    for i in range(kh):
+        di = (i - kh // 2) * dh
+        r0, r1 = max(0, -di), min(height, height - di)
+        if r1 <= r0:
+            continue
+        for j in range(kw):
+            dj = (j - kw // 2) * dw
+            c0, c1 = max(0, -dj), min(width, width - dj)
+            if c1 > c0:
+                yield i, j, di, dj, r0, r1, c0, c1
+
+
+def _valid_tap_fraction(height: int, width: int, kernel_size, dilation) -> float:
+    area = sum((r1 - r0) * (c1 - c0) for *_, r0, r1, c0, c1 in _tap_windows(height, width, kernel_size, dilation))
+    return area / (kernel_size[0] * kernel_size[1] * height * width)
+
+
+@functools.cache
+def _tap_conv_fn(kernel_size: tuple[int, int], dilation: tuple[int, int]):
+    """A stride-1 "same" NHWC convolution as one matmul per kernel tap over the pixels it reaches.
+
+    Taps that only ever read zero padding (a dilation as large as the feature map, as in the
+    ASPP at stride 16) are skipped, and the others only multiply the rows and columns that read
+    the image, which XLA's convolution does not do. The backward pass is written the same way
+    (each tap's input gradient is a matmul with the tap's (in, out) matrix contracted on its
+    output axis, each tap's weight gradient a matmul of the matching input and output windows),
+    so no transposed or reversed copy of the kernel is ever made. Products accumulate in float32.
+    """
+    import jax
+    from jax import lax
+    from jax import numpy as jnp
+
+    def conv(x, kernel):
+        height, width = x.shape[1], x.shape[2]
+        total = None
+        for i, j, di, dj, r0, r1, c0, c1 in _tap_windows(height, width, kernel_size, dilation):
+            window = x[:, r0 + di : r1 + di, c0 + dj : c1 + dj, :]
+            part = lax.dot_general(window, kernel[i, j], (((3,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+            part = jnp.pad(part, ((0, 0), (r0, height - r1), (c0, width - c1), (0, 0)))
+            total = part if total is None else total + part
+        return total.astype(x.dtype)
+
+    @jax.custom_vjp
+    def tap_conv(x, kernel):
+        return conv(x, kernel)
+
+    def tap_conv_fwd(x, kernel):
+        return conv(x, kernel), (x, kernel)
+
+    def tap_conv_bwd(residual, grad):
+        x, kernel = residual
+        height, width = x.shape[1], x.shape[2]
+        dx = None
+        dk = [[None] * kernel.shape[1] for _ in range(kernel.shape[0])]
+        for i, j, di, dj, r0, r1, c0, c1 in _tap_windows(height, width, kernel_size, dilation):
+            g = grad[:, r0:r1, c0:c1, :]
+            part = lax.dot_general(g, kernel[i, j], (((3,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+            part = jnp.pad(part, ((0, 0), (r0 + di, height - r1 - di), (c0 + dj, width - c1 - dj), (0, 0)))
+            dx = part if dx is None else dx + part
+            window = x[:, r0 + di : r1 + di, c0 + dj : c1 + dj, :]
+            dk[i][j] = lax.dot_general(
+                window, g, (((0, 1, 2), (0, 1, 2)), ((), ())), preferred_element_type=jnp.float32
+            )
+        zero = jnp.zeros(kernel.shape[2:], jnp.float32)
+        dk = jnp.stack([jnp.stack([zero if t is None else t for t in row]) for row in dk])
+        return dx.astype(x.dtype), dk.astype(kernel.dtype)
+
+    tap_conv.defvjp(tap_conv_fwd, tap_conv_bwd)
+    return tap_conv
+
+
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class FastConv2D(keras.layers.Conv2D):
-    """``Conv2D`` whose 1x1 case runs as a matmul on XLA:CPU (same weights, same result).
+    """``Conv2D`` that runs its 1x1 and mostly-padding cases as matmuls on XLA:CPU (same weights).
 
     A 1x1 kernel with stride s reads exactly the pixels ``x[:, ::s, ::s]`` whatever the padding mode
-    (neither "valid" nor "same" pads for k=1), so strided 1x1 convolutions are handled too.
+    (neither "valid" nor "same" pads for k=1), so strided 1x1 convolutions are one matmul. A stride-1
+    "same" convolution whose dilated taps mostly fall into the zero padding (see
+    ``SPARSE_TAP_FRACTION``) runs tap by tap (``_tap_conv_fn``); the choice is made per input shape
+    when the graph is traced. Everything else, and every other backend/platform, is the stock op.
     """
 
+    def _on_cpu_channels_last(self) -> bool:
+        return self.groups == 1 and self.data_format == "channels_last" and _on_jax_cpu()
+
     def _use_matmul(self) -> bool:
+        return tuple(self.kernel_size) == (1, 1) and self._on_cpu_channels_last()
+
+    def _use_taps(self, input_shape) -> bool:
+        height, width = input_shape[1], input_shape[2]
+        kh, kw = self.kernel_size
         return (
-            tuple(self.kernel_size) == (1, 1)
-            and self.groups == 1
-            and self.data_format == "channels_last"
-            and _on_jax_cpu()
+            height is not None
+            and width is not None
+            and kh % 2 == 1
+            and kw % 2 == 1
+            and tuple(self.strides) == (1, 1)
+            and self.padding == "same"
+            and self._on_cpu_channels_last()
+            and _valid_tap_fraction(int(height), int(width), self.kernel_size, self.dilation_rate)
+            <= SPARSE_TAP_FRACTION
         )
 
     def convolution_op(self, inputs, kernel):
-        if not self._use_matmul():
-            return super().convolution_op(inputs, kernel)
-        sh, sw = self.strides
-        if (sh, sw) != (1, 1):
-            inputs = inputs[:, ::sh, ::sw, :]
-        return ops.matmul(inputs, kernel[0, 0])
+        if self._use_matmul():
+            sh, sw = self.strides
+            if (sh, sw) != (1, 1):
+                inputs = inputs[:, ::sh, ::sw, :]
+            return ops.matmul(inputs, kernel[0, 0])
+        if self._use_taps(inputs.shape):
+            conv = _tap_conv_fn(tuple(self.kernel_size), tuple(self.dilation_rate))
+            return conv(ops.convert_to_tensor(inputs), ops.convert_to_tensor(kernel))
+        return super().convolution_op(inputs, kernel)
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -224,3 +330,85 @@ class FastDepthwiseConv2D(keras.layers.DepthwiseConv2D):
         if self.activation is not None:
             return self.activation(outputs)
         return outputs
+
+
+@functools.cache
+def _first_max_pool_fn(pool: tuple[int, int], strides: tuple[int, int]):
+    """A JAX max-pool ("valid", NHWC) as a max over shifted strided slices, with torch's gradient.
+
+    XLA:CPU differentiates ``reduce_window(max)`` through a variadic reduce-window over (value,
+    index) pairs plus materialised iotas and a scatter, several times the cost of the pooling
+    itself. Here the forward keeps, per output pixel, the index of the first window element that
+    holds the maximum (row-major order, NaN wins, as in PyTorch's CPU kernel); the backward sends
+    the whole incoming gradient to that element, by scattering each tap's share back with an
+    interior-padded ``lax.pad``. Values are bit-identical to ``reduce_window``; gradients equal
+    PyTorch's ``max_pool2d`` backward (ties go to the first maximum, never split).
+    """
+    import jax
+    from jax import lax
+    from jax import numpy as jnp
+
+    (ph, pw), (sh, sw) = pool, strides
+
+    def taps(x):
+        height, width = x.shape[1], x.shape[2]
+        out_h, out_w = (height - ph) // sh + 1, (width - pw) // sw + 1
+        for i in range(ph):
+            for j in range(pw):
+                yield i, j, x[:, i : i + sh * (out_h - 1) + 1 : sh, j : j + sw * (out_w - 1) + 1 : sw, :]
+
+    def forward(x):
+        best, index = None, None
+        for i, j, window in taps(x):
+            k = i * pw + j
+            if best is None:
+                best, index = window, jnp.zeros(window.shape, jnp.int8)
+                continue
+            better = (window > best) | jnp.isnan(window)
+            best = jnp.where(better, window, best)
+            index = jnp.where(better, jnp.int8(k), index)
+        return best, index
+
+    @jax.custom_vjp
+    def pool_fn(x):
+        return forward(x)[0]
+
+    def pool_fwd(x):
+        best, index = forward(x)
+        return best, (index, x.shape)
+
+    def pool_bwd(residual, grad):
+        index, shape = residual
+        height, width = shape[1], shape[2]
+        out_h, out_w = grad.shape[1], grad.shape[2]
+        zero = jnp.zeros((), grad.dtype)
+        total = None
+        for i in range(ph):
+            for j in range(pw):
+                share = jnp.where(index == i * pw + j, grad, zero)
+                rows = (i, height - i - (sh * (out_h - 1) + 1), sh - 1)
+                cols = (j, width - j - (sw * (out_w - 1) + 1), sw - 1)
+                part = lax.pad(share, zero, [(0, 0, 0), rows, cols, (0, 0, 0)])
+                total = part if total is None else total + part
+        return (total,)
+
+    pool_fn.defvjp(pool_fwd, pool_bwd)
+    return pool_fn
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class FastMaxPooling2D(keras.layers.MaxPooling2D):
+    """``MaxPooling2D`` whose "valid" channels-last case runs as shifted-slice maxima on XLA:CPU.
+
+    Same output as the stock layer; the gradient goes to the first maximum of each window, as in
+    PyTorch (see ``_first_max_pool_fn``). Every other configuration, backend and platform uses the
+    stock pooling.
+    """
+
+    def _use_slices(self) -> bool:
+        return self.padding == "valid" and self.data_format == "channels_last" and _on_jax_cpu()
+
+    def call(self, inputs):
+        if not self._use_slices():
+            return super().call(inputs)
+        return _first_max_pool_fn(tuple(self.pool_size), tuple(self.strides))(inputs)
