@@ -11,6 +11,7 @@ from keras_glacier.data.augment import AugmentConfig, Augmenter
 from keras_glacier.data.bands import parse_bands
 from keras_glacier.data.demo import make_demo_band_folders, make_demo_dataset
 from keras_glacier.data.errors import InputError
+from keras_glacier.data.export import export_band_folders
 from keras_glacier.data.sources import DatasetSource, Sample, discover, read_sample
 from keras_glacier.data.split import load_split, save_split, split_by_scene
 from keras_glacier.data.stats import BandStats, compute_stats, from_unit, to_unit
@@ -26,6 +27,7 @@ __all__ = [
     "Sample",
     "compute_stats",
     "discover",
+    "export_band_folders",
     "from_unit",
     "load_split",
     "make_demo_band_folders",
