@@ -27,13 +27,16 @@ tracemalloc peak (numpy arrays of the tiling driver only; torch and XLA allocate
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
+import subprocess
 import sys
 import threading
 import time
 import tracemalloc
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
@@ -44,6 +47,7 @@ from benchmarks.train_step import NUM_BANDS, STATS
 DEFAULT_SIZE = 512
 DEFAULT_TILES = 4
 DEFAULT_BATCH = 4
+MEMORY_MODES = ("subprocess", "sampled", "off")
 
 
 def make_tiles(count: int, size: int, seed: int = 0) -> list[np.ndarray]:
@@ -152,45 +156,108 @@ def measure_memory(fn: Callable[[], object]) -> tuple[float, float]:
     return rss.increase_mb, numpy_peak / 2**20
 
 
-def run(size: int = DEFAULT_SIZE, tiles: int = DEFAULT_TILES, batch_size: int = DEFAULT_BATCH, rounds: int = 3,
-        tta_modes=(False, True), naive: bool = True, channels_last: bool = True, seed: int = 0) -> list[dict]:
-    """One row per (contender, TTA): median seconds for all tiles, tiles/s, memory, ratio to torch batched."""
+def make_contenders(images, size: int, batch_size: int, tta: bool, naive: bool = True, channels_last: bool = True):
+    """name -> callable predicting all ``images``; also whether Keras and torch share weights."""
+    import copy
+
     import torch
 
     import solution
     from keras_glacier.inference import keras_forward
 
-    images = make_tiles(tiles, size, seed)
     keras_model, torch_model, shared = build_models()
     torch_fwd = solution.torch_forward(torch_model)
-    cl_model = None
-    if channels_last:
-        import copy
 
-        cl_model = copy.deepcopy(torch_model).to(memory_format=torch.channels_last)
-    cl_fwd = solution.torch_forward(cl_model) if cl_model is not None else None
-    keras_fwd = keras_forward(keras_model)
-
-    def batched(forward, tta):
+    def batched(forward):
         return lambda: solution.predict_tiles(forward, images, tta=tta, window=size, overlap=0, batch_size=batch_size)
 
+    contenders = {"torch batched": batched(torch_fwd)}
+    if channels_last:
+        cl_model = copy.deepcopy(torch_model).to(memory_format=torch.channels_last)
+        contenders["torch batched, channels_last"] = batched(solution.torch_forward(cl_model))
+    if naive:
+        contenders["torch naive (1 view/pass)"] = lambda: naive_predict(torch_fwd, images, tta)
+    contenders["keras batched"] = batched(keras_forward(keras_model))
+    return contenders, shared
+
+
+def _status_mb(field: str) -> float:
+    with open("/proc/self/status", encoding="ascii") as handle:
+        for line in handle:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024  # kB
+    raise OSError(f"{field} not in /proc/self/status")
+
+
+def _reset_peak_rss() -> bool:
+    """Linux >= 4.0: restart the VmHWM (peak RSS) counter from the current RSS."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def probe_memory(name: str, size: int, tiles: int, batch_size: int, tta: bool, seed: int = 0) -> dict:
+    """Peak RSS of one first call of contender ``name`` in this (fresh) process, above the RSS before it.
+
+    The peak counter is reset just before the call, so building the models does not count.
+    """
+    images = make_tiles(tiles, size, seed)
+    contenders, _ = make_contenders(images, size, batch_size, tta)
+    if not _reset_peak_rss():
+        raise OSError("cannot reset the peak RSS counter (/proc/self/clear_refs); use --memory sampled")
+    before = _status_mb("VmRSS")
+    tracemalloc.start()
+    contenders[name]()
+    _, numpy_peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    return {"rss_peak_mb": max(_status_mb("VmHWM") - before, 0.0), "numpy_peak_mb": numpy_peak / 2**20}
+
+
+def _probe_in_subprocess(name: str, size: int, tiles: int, batch_size: int, tta: bool) -> dict:
+    command = [sys.executable, "-m", "benchmarks.inference", "--probe", name, "--size", str(size),
+               "--tiles", str(tiles), "--batch-size", str(batch_size)] + (["--probe-tta"] if tta else [])  # fmt: skip
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(command, cwd=root, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"memory probe of {name!r} failed: {done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def run(
+    size: int = DEFAULT_SIZE,
+    tiles: int = DEFAULT_TILES,
+    batch_size: int = DEFAULT_BATCH,
+    rounds: int = 3,
+    tta_modes=(False, True),
+    naive: bool = True,
+    channels_last: bool = True,
+    memory: str = "subprocess",
+    seed: int = 0,
+) -> list[dict]:
+    """One row per (contender, TTA): median seconds for all tiles, tiles/s, memory, ratio to torch batched.
+
+    ``memory="subprocess"`` measures each contender's peak RSS in a fresh process (see NOTES);
+    ``"sampled"`` samples this process's RSS during one extra call (quick, but the allocators'
+    retained memory hides most of it after the first contender); ``"off"`` skips memory.
+    """
+    if memory not in MEMORY_MODES:
+        raise ValueError(f"memory must be one of {MEMORY_MODES}, got {memory!r}")
+    images = make_tiles(tiles, size, seed)
     rows = []
     for tta in tta_modes:
         load_before = load_average()
-        contenders = {"torch batched": batched(torch_fwd, tta)}
-        if cl_fwd is not None:
-            contenders["torch batched, channels_last"] = batched(cl_fwd, tta)
-        if naive:
-            contenders["torch naive (1 view/pass)"] = lambda tta=tta: naive_predict(torch_fwd, images, tta)
-        contenders["keras batched"] = batched(keras_fwd, tta)
+        contenders, shared = make_contenders(images, size, batch_size, tta, naive, channels_last)
         compile_s, keras_maps = timed(contenders["keras batched"])  # first call per shape compiles
         torch_maps = contenders["torch batched"]()
         max_diff = max(float(np.max(np.abs(a - b))) for a, b in zip(keras_maps, torch_maps))
         samples = interleaved(contenders, rounds=rounds, warmup=0)
         reference = median(samples["torch batched"])
+        load_after = load_average()
         for name, times in samples.items():
             seconds = median(times)
-            rss_mb, numpy_mb = measure_memory(contenders[name])
             row = {
                 "contender": name,
                 "tta": "4 flips" if tta else "off",
@@ -199,23 +266,28 @@ def run(size: int = DEFAULT_SIZE, tiles: int = DEFAULT_TILES, batch_size: int = 
                 "seconds": seconds,
                 "tiles_per_s": tiles / seconds,
                 "vs_torch_batched": seconds / reference,
-                "rss_peak_mb": rss_mb,
-                "numpy_peak_mb": numpy_mb,
                 "noise": spread(times),
-                "compile_s": compile_s if name == "keras batched" else None,
-                "max_prob_diff_keras_torch": (max_diff if shared else None) if name == "keras batched" else None,
-                "load": f"{load_before} -> {load_average()}",
             }
+            if memory == "subprocess":
+                row.update(_probe_in_subprocess(name, size, tiles, batch_size, tta))
+            elif memory == "sampled":
+                row["rss_peak_mb"], row["numpy_peak_mb"] = measure_memory(contenders[name])
+            row["compile_s"] = compile_s if name == "keras batched" else None
+            row["max_prob_diff_keras_torch"] = (max_diff if shared else None) if name == "keras batched" else None
+            row["load"] = f"{load_before} -> {load_after}"
             rows.append(row)
+        del contenders
     return rows
 
 
 NOTES = (
     "seconds: median wall time to predict all tiles (pad, views, forward passes, flips undone, blend, no-data "
-    "zeroed); vs_torch_batched: seconds / the torch batched row (below 1 = faster). rss_peak_mb: peak resident "
-    "set size sampled every 2 ms during one extra call, minus the RSS before it (torch on CPU has no peak "
-    "counter; this includes torch/XLA buffers that the allocator reuses, so a contender that runs after a "
-    "bigger one can show less). numpy_peak_mb: tracemalloc peak of the same call (numpy arrays only). "
+    "zeroed); vs_torch_batched: seconds / the torch batched row (below 1 = faster). Memory (torch on CPU has no "
+    "peak counter): rss_peak_mb is the peak resident set size of a fresh process running the contender once, "
+    "above its RSS just before the call (models built, nothing run; for Keras it includes the XLA compilation); "
+    "with --memory sampled (the --quick default) it is sampled every 2 ms during one more call in this process, "
+    "which the allocators' retained memory understates. numpy_peak_mb: tracemalloc peak of that call (numpy "
+    "arrays only: the tiling driver's buffers). "
     "compile_s: the first Keras call (jit compile + one run). max_prob_diff_keras_torch: largest |probability "
     "difference| of the two models with shared converted weights."
 )
@@ -225,19 +297,32 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=int, default=None, help="tile height and width (default 512; --quick 64)")
     parser.add_argument("--tiles", type=int, default=None, help="number of tiles (default 4; --quick 2)")
-    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH,
-                        help="tiles per forward pass for the batched contenders (default 4)")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=DEFAULT_BATCH,
+        help="tiles per forward pass for the batched contenders (default 4)",
+    )
     parser.add_argument("--rounds", type=int, default=None, help="timed rounds per contender (default 3; --quick 1)")
     parser.add_argument("--no-naive", action="store_true", help="skip the one-view-per-pass loop")
     parser.add_argument("--no-channels-last", action="store_true", help="skip the channels_last torch contender")
+    parser.add_argument("--memory", choices=MEMORY_MODES, default=None,
+                        help="how to measure peak memory (default subprocess; --quick: sampled)")  # fmt: skip
+    parser.add_argument("--probe", default=None, help=argparse.SUPPRESS)  # internal: one memory probe
+    parser.add_argument("--probe-tta", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--quick", action="store_true", help="tiny tiles and one round (a smoke run)")
     args = parser.parse_args(argv)
+    if args.probe:
+        print(json.dumps(probe_memory(args.probe, args.size or DEFAULT_SIZE, args.tiles or DEFAULT_TILES,
+                                      args.batch_size, args.probe_tta)))  # fmt: skip
+        return []
     size = args.size or (64 if args.quick else DEFAULT_SIZE)
     if size % 16:
         parser.error("--size must be a multiple of 16")
     rows = run(size=size, tiles=args.tiles or (2 if args.quick else DEFAULT_TILES), batch_size=args.batch_size,
                rounds=args.rounds or (1 if args.quick else 3), naive=not args.no_naive,
-               channels_last=not args.no_channels_last)  # fmt: skip
+               channels_last=not args.no_channels_last,
+               memory=args.memory or ("sampled" if args.quick else "subprocess"))  # fmt: skip
     print(markdown_table(rows))
     print()
     print(NOTES)

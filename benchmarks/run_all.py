@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import os
 import shlex
+import subprocess
 import sys
 import tempfile
 import time
@@ -23,13 +25,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import keras_glacier  # noqa: F401  (selects the JAX backend before keras is imported)
-from benchmarks.common import load_average, machine, machine_table, markdown_table
+from benchmarks.common import REUSE_MEMORY_ENV, load_average, machine, machine_table, markdown_table
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "RESULTS.md"
-SECTIONS = ("train", "inference", "loader", "parity")
+SECTIONS = ("train", "train_reuse", "inference", "loader", "parity")
 TITLES = {
     "machine": "Machine",
     "train": "Training step: Keras+JAX (jit) vs PyTorch eager",
+    "train_reuse": "Training step with freed memory kept in the process (`--malloc reuse`, both frameworks)",
     "inference": "Inference: solution.py tiling vs naive loop, and Keras predict",
     "loader": "Data loader",
     "parity": "Keras vs PyTorch parity",
@@ -38,10 +41,22 @@ TITLES = {
 #: (full, quick) keyword arguments of each benchmark's run().
 SETTINGS = {
     "train": ({"settings": ((4, 256), (2, 512)), "steps": 5}, {"settings": ((2, 64),), "steps": 2, "flops": False}),
-    "inference": ({"size": 512, "tiles": 4, "rounds": 3}, {"size": 64, "tiles": 1, "rounds": 1}),
+    "train_reuse": ({"settings": ("4x256", "2x512"), "steps": 5}, {"settings": ("2x64",), "steps": 1}),
+    "inference": (
+        {"size": 512, "tiles": 4, "rounds": 3},
+        {"size": 64, "tiles": 1, "rounds": 1, "memory": "sampled"},
+    ),
     "loader": ({"tiles": 16, "size": 512, "batch_size": 2, "epochs": 3}, {"tiles": 4, "size": 64, "epochs": 1}),
     "parity": ({"sizes": (64, 256, 512)}, {"sizes": (64,)}),
 }
+
+
+REUSE_NOTES = (
+    "Same benchmark as above, run in a separate process whose glibc allocator keeps freed memory "
+    "(benchmarks.common.REUSE_MEMORY_ENV): XLA:CPU's per-step temporary buffer is no longer unmapped and "
+    "page-faulted back in every step, and torch's allocator benefits too. Compare with the page_faults column of "
+    "the table above."
+)
 
 
 class SectionResult:
@@ -53,10 +68,36 @@ class SectionResult:
         self.failed = False
 
 
+def run_train_reuse(settings, steps: int) -> list[dict]:
+    """The training-step benchmark in a fresh process with ``--malloc reuse``.
+
+    glibc reads these settings when a process starts, so they cannot be switched on for this one.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "rows.json"
+        command = [sys.executable, "-m", "benchmarks.train_step", "--no-flops",
+                   "--steps", str(steps), "--json", str(out), "--settings", *settings]  # fmt: skip
+        root = Path(__file__).resolve().parent.parent
+        env = {**os.environ, **REUSE_MEMORY_ENV}
+        done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(command[1:])} exited with {done.returncode}: {done.stderr[-2000:]}")
+        return json.loads(out.read_text())
+
+
 def _run_section(name: str, quick: bool, context: dict) -> SectionResult:
     result = SectionResult(name)
     kwargs = dict(SETTINGS[name][1 if quick else 0])
     start = time.perf_counter()
+    if name == "train_reuse":
+        try:
+            result.rows = run_train_reuse(**kwargs)
+            result.text = markdown_table(result.rows) + "\n\n" + REUSE_NOTES
+        except Exception as exc:  # noqa: BLE001  (reported in the file, like any other section)
+            result.failed = True
+            result.text = f"_Failed: {type(exc).__name__}: {exc}_"
+        result.seconds = time.perf_counter() - start
+        return result
     try:
         module = importlib.import_module(f"benchmarks.{name if name != 'train' else 'train_step'}")
     except ImportError as exc:
@@ -147,12 +188,15 @@ def run(quick: bool = False, out: str | Path = DEFAULT_OUT, sections=SECTIONS, c
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="tiny settings (about a minute): checks that the benchmarks still run")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
-                        help="markdown report to write (default benchmarks/RESULTS.md)")
-    parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS),
-                        help="benchmarks to run (default: all)")
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny settings (about a minute): checks that the benchmarks still run"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=DEFAULT_OUT, help="markdown report to write (default benchmarks/RESULTS.md)"
+    )
+    parser.add_argument(
+        "--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS), help="benchmarks to run (default: all)"
+    )
     args = parser.parse_args(argv)
     command = "python -m benchmarks " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     results = run(quick=args.quick, out=args.out, sections=args.sections, command=command.strip())

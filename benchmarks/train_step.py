@@ -24,12 +24,24 @@ when the device's peak is known (see ``PEAK_FLOPS``).
 from __future__ import annotations
 
 import argparse
+import json
+import resource
 import sys
 
 import numpy as np
 
 import keras_glacier  # noqa: F401  (selects the JAX backend before keras is imported)
-from benchmarks.common import interleaved, load_average, markdown_table, median, spread, timed
+from benchmarks.common import (
+    ALLOCATORS,
+    allocator_description,
+    interleaved,
+    load_average,
+    markdown_table,
+    median,
+    restart_with_allocator,
+    spread,
+    timed,
+)
 from keras_glacier.constants import IGNORE_INDEX
 
 DEFAULT_SETTINGS = ((4, 256), (2, 512))
@@ -193,6 +205,24 @@ def torch_step(model, optimizer, x, y, channels_last: bool, device, precision: s
 # --------------------------------------------------------------------------------------------- driver
 
 
+class FaultCounter:
+    """Wraps a step and counts the minor page faults of the process during each call."""
+
+    def __init__(self, fn):
+        self.fn, self.faults = fn, []
+
+    def __call__(self):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        result = self.fn()
+        self.faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+        return result
+
+    @property
+    def per_call(self) -> float:
+        """Median over calls (the first calls also fault while the heap grows)."""
+        return median(self.faults) if self.faults else 0.0
+
+
 def _peak(device_kind: str, precision: str) -> float | None:
     for key, peaks in PEAK_FLOPS.items():
         if key in device_kind.lower():
@@ -225,11 +255,12 @@ def run(
         load_before = load_average()
         model = build_keras_trainer(precision, metrics)
         compile_s, _ = timed(keras_step(model, x, y))
-        contenders = {"keras": keras_step(model, x, y)}
+        contenders = {"keras": FaultCounter(keras_step(model, x, y))}
         for fmt in torch_formats:
             channels_last = fmt == "channels_last"
             tmodel, optimizer = build_torch_trainer(channels_last, device)
-            contenders[f"torch_{fmt}"] = torch_step(tmodel, optimizer, x, y, channels_last, device, precision)
+            step = torch_step(tmodel, optimizer, x, y, channels_last, device, precision)
+            contenders[f"torch_{fmt}"] = FaultCounter(step)
         samples = interleaved(contenders, rounds=steps, warmup=warmup)
         keras_s = median(samples["keras"])
         row = {
@@ -244,6 +275,7 @@ def run(
             row[f"torch_{fmt}_s"] = seconds
             row[f"keras/torch_{fmt}"] = keras_s / seconds
         row["noise"] = max(spread(s) for s in samples.values())
+        row["page_faults_keras/torch"] = "/".join(f"{c.per_call / 1e3:.0f}k" for c in contenders.values())
         if flops:
             step_flops = train_step_flops(model, x, y)
             if step_flops:
@@ -263,31 +295,61 @@ NOTES = (
     "keras: jit-compiled `train_on_batch` (the step `fit` runs, BceDiceLoss + AdamW + segmentation metrics); "
     "compile_s: its first call (trace + XLA compile + one step). torch: solution.AttentionDeepLabV3Plus eager, "
     "train mode, same loss in torch, AdamW. Contenders alternate step by step in one process; "
-    "noise = largest half-range / median of any contender. step_gflop: XLA cost analysis of the lowered "
-    "train step (includes backward and optimizer); mfu only where the device's peak is known."
+    "noise = largest half-range / median of any contender. page_faults: minor page faults per step (Keras, then "
+    "each torch format), i.e. freshly mapped memory touched; see `--malloc`. step_gflop: XLA cost analysis of the "
+    "lowered train step (includes backward and optimizer); mfu only where the device's peak is known."
 )
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--settings", type=parse_setting, nargs="+", default=None,
-                        help="BATCHxCROP settings to time (default 4x256 2x512; --quick: 2x64)")
+    parser.add_argument(
+        "--settings",
+        type=parse_setting,
+        nargs="+",
+        default=None,
+        help="BATCHxCROP settings to time (default 4x256 2x512; --quick: 2x64)",
+    )
     parser.add_argument("--steps", type=int, default=None, help="timed steps per contender (default 5; --quick 2)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps per contender after compiling (default 1)")
-    parser.add_argument("--precision", choices=("float32", "mixed_bfloat16"), default="float32",
-                        help="Keras dtype policy; torch autocasts to bfloat16 for mixed_bfloat16 (default float32)")
-    parser.add_argument("--torch-formats", nargs="+", choices=("nchw", "channels_last"),
-                        default=["nchw", "channels_last"], help="torch memory formats to compare (default both)")
-    parser.add_argument("--no-metrics", action="store_true",
-                        help="compile Keras without the segmentation metrics (to see what they cost)")
+    parser.add_argument(
+        "--precision",
+        choices=("float32", "mixed_bfloat16"),
+        default="float32",
+        help="Keras dtype policy; torch autocasts to bfloat16 for mixed_bfloat16 (default float32)",
+    )
+    parser.add_argument(
+        "--torch-formats",
+        nargs="+",
+        choices=("nchw", "channels_last"),
+        default=["nchw", "channels_last"],
+        help="torch memory formats to compare (default both)",
+    )
+    parser.add_argument(
+        "--no-metrics",
+        action="store_true",
+        help="compile Keras without the segmentation metrics (to see what they cost)",
+    )
     parser.add_argument("--no-flops", action="store_true", help="skip the XLA cost analysis of the step")
+    parser.add_argument("--malloc", choices=ALLOCATORS, default=None,
+                        help="'reuse': restart this benchmark with glibc set to keep freed memory "
+                             "(benchmarks.common.REUSE_MEMORY_ENV); default: as started")  # fmt: skip
+    parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
     parser.add_argument("--quick", action="store_true", help="tiny settings and few steps (a smoke run)")
     args = parser.parse_args(argv)
+    if args.malloc:
+        restart_with_allocator(args.malloc, "benchmarks.train_step", sys.argv[1:] if argv is None else list(argv))
+    allocator = allocator_description()
     settings = args.settings or (QUICK_SETTINGS if args.quick else DEFAULT_SETTINGS)
     steps = args.steps or (2 if args.quick else 5)
     rows = run(settings, steps=steps, warmup=args.warmup, precision=args.precision,
                torch_formats=tuple(args.torch_formats), metrics=not args.no_metrics,
                flops=not args.no_flops)  # fmt: skip
+    for row in rows:
+        row["allocator"] = allocator
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as handle:
+            json.dump(rows, handle, indent=1)
     print(markdown_table(rows))
     print()
     print(NOTES)

@@ -35,7 +35,7 @@ def aspp(
         )
     ]
     for i, rate in enumerate(rates, start=1):
-        conv = layers.Conv2D(
+        conv = FastConv2D(
             channels, 3, padding="same", dilation_rate=int(rate), use_bias=False, name=f"{name}.b{i}.conv"
         )
         branches.append(_conv_bn_relu_cbam(x, conv, f"{name}.b{i}", reduction))

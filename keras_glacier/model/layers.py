@@ -5,12 +5,14 @@ Two groups live here:
 * helpers the functional graph needs but Keras has no layer for (input standardisation with
   no-data handling, the [max, mean] channel summary of CBAM's spatial attention, broadcasting the
   ASPP image-pool branch back to the feature map's size);
-* drop-in ``Conv2D`` / ``DepthwiseConv2D`` subclasses that keep the stock weight layout (so saving,
-  loading and the PyTorch conversion treat them exactly like the stock layers) but, when traced by
-  JAX for the CPU, express the convolution as plain slicing and matmuls. XLA:CPU lowers grouped
-  (depthwise) convolutions and 1x1 convolutions to slow generic loops; shifted multiply-adds and a
-  GEMM are the same arithmetic and several times faster there. On any other backend or platform the
-  stock implementation runs.
+* drop-in ``Conv2D`` / ``DepthwiseConv2D`` / ``MaxPooling2D`` subclasses that keep the stock weight
+  layout and config (so saving, loading and the PyTorch conversion treat them exactly like the stock
+  layers) but, when traced by JAX for the CPU, express the operation as plain slicing and matmuls.
+  XLA:CPU lowers grouped (depthwise) convolutions, 1x1 convolutions and the max-pool gradient to
+  slow generic loops, and computes every tap of a dilated convolution even where it only reads zero
+  padding; shifted multiply-adds, GEMMs and slice maxima are the same arithmetic and several times
+  faster there (figures: benchmarks/PERFORMANCE.md). On any other backend or platform the stock
+  implementation runs.
 """
 
 from __future__ import annotations

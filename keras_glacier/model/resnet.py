@@ -10,7 +10,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from keras_glacier.model.layers import FastConv2D
+from keras_glacier.model.layers import FastConv2D, FastMaxPooling2D
 
 #: (stage name, channels, number of BasicBlocks, stride of the first block, dilation).
 #: layer4 keeps stride 1 and dilates by 2 instead (output stride 16, as smp's make_dilated).
@@ -32,7 +32,7 @@ def batch_norm(name: str) -> layers.BatchNormalization:
 def conv3x3(x, filters: int, stride: int, dilation: int, name: str):
     """3x3 convolution with PyTorch's padding = dilation."""
     if stride == 1:
-        return layers.Conv2D(
+        return FastConv2D(
             filters, 3, padding="same", dilation_rate=dilation, use_bias=False, name=name
         )(x)
     x = layers.ZeroPadding2D(dilation, name=f"{name}.pad")(x)
@@ -72,7 +72,7 @@ def build_resnet34_backbone(num_bands: int = 5, output_stride: int = 16) -> kera
     x = batch_norm("bn1")(x)
     x = layers.ReLU(name="relu")(x)
     x = layers.ZeroPadding2D(1, name="maxpool.pad")(x)
-    x = layers.MaxPooling2D(3, strides=2, padding="valid", name="maxpool")(x)
+    x = FastMaxPooling2D(3, strides=2, padding="valid", name="maxpool")(x)
 
     in_channels = 64
     low = None
