@@ -194,15 +194,20 @@ def check_against(reference: Mapping[str, object], converted: Mapping[str, objec
         for key in sorted(set(reference) & set(converted))
         if _shape_of(reference[key]) != _shape_of(converted[key])
     ]
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"missing in the converted weights ({len(missing)}): {', '.join(missing)}")
-        if unexpected:
-            parts.append(f"not in the PyTorch module ({len(unexpected)}): {', '.join(unexpected)}")
-        if wrong:
-            parts.append(f"wrong shape ({len(wrong)}): {'; '.join(wrong)}")
-        raise ConversionError("Keras and PyTorch weights do not match: " + " | ".join(parts))
+    _raise_if_mismatched(
+        "Keras and PyTorch weights do not match",
+        ("missing in the converted weights", missing),
+        ("not in the PyTorch module", unexpected),
+        ("wrong shape", wrong),
+    )
+
+
+def _raise_if_mismatched(headline: str, *groups: tuple[str, list[str]]) -> None:
+    """One ConversionError listing every non-empty group of problem keys (both directions use it)."""
+    parts = [f"{label} ({len(keys)}): {('; ' if label == 'wrong shape' else ', ').join(keys)}"
+             for label, keys in groups if keys]
+    if parts:
+        raise ConversionError(f"{headline}: " + " | ".join(parts))
 
 
 def _to_numpy(value) -> np.ndarray:
@@ -267,15 +272,12 @@ def torch_to_keras(
             wrong.append(f"{ASPP_RATES_KEY}: the Keras model has rates {aspp_rates_of(model)}, the state dict {rates}")
         used.add(ASPP_RATES_KEY)
     unexpected = sorted(set(state_dict) - used) if strict else []
-    if missing or wrong or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing in the state dict ({len(missing)}): {', '.join(missing)}")
-        if unexpected:
-            parts.append(f"not used by the Keras model ({len(unexpected)}): {', '.join(unexpected)}")
-        if wrong:
-            parts.append(f"wrong shape ({len(wrong)}): {'; '.join(wrong)}")
-        raise ConversionError("cannot load the state dict into the Keras model: " + " | ".join(parts))
+    _raise_if_mismatched(
+        "cannot load the state dict into the Keras model",
+        ("missing in the state dict", missing),
+        ("not used by the Keras model", unexpected),
+        ("wrong shape", wrong),
+    )
     for variable, value in pending:
         variable.assign(value.astype(variable.dtype))
     return used

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 from collections import defaultdict
 from pathlib import Path
 
@@ -9,6 +10,25 @@ import keras
 import numpy as np
 
 from keras_glacier.plots import plot_curves, plot_predictions
+
+
+def read_history(csv_path) -> dict[str, list[float]] | None:
+    """The per-epoch columns of a CSVLogger file (non-numeric cells skipped), or None if it has no rows."""
+    csv_path = Path(csv_path)
+    if not csv_path.exists():
+        return None
+    with open(csv_path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows:
+        return None
+    history = defaultdict(list)
+    for row in rows:
+        for key, value in row.items():
+            try:
+                history[key].append(float(value))
+            except (TypeError, ValueError):
+                continue
+    return history
 
 
 class FigureWriter(keras.callbacks.Callback):
@@ -30,26 +50,11 @@ class FigureWriter(keras.callbacks.Callback):
         self.csv_log = Path(csv_log) if csv_log else None
         self.history = defaultdict(list)
 
-    def _read_csv_history(self):
-        history = defaultdict(list)
-        if self.csv_log is None or not self.csv_log.exists():
-            return None
-        lines = self.csv_log.read_text().strip().splitlines()
-        if len(lines) < 2:
-            return None
-        header = lines[0].split(",")
-        for line in lines[1:]:
-            for key, value in zip(header, line.split(",")):
-                try:
-                    history[key].append(float(value))
-                except ValueError:
-                    continue
-        return history
-
     def on_epoch_end(self, epoch, logs=None):
         for key, value in (logs or {}).items():
             self.history[key].append(float(value))
-        history = self._read_csv_history() or self.history
+        history = read_history(self.csv_log) if self.csv_log else None
+        history = history or self.history
         plot_curves(history, self.run_dir / "curves.png")
         self.write_predictions()
 

@@ -309,13 +309,9 @@ def make_datasets(settings: dict, run_dir: Path, train, val, stats, bands, tile_
 
 def best_so_far(csv_path: Path, key: str = "val_mcc") -> float | None:
     """Best value of ``key`` in a CSV log, so a resumed run does not overwrite a better best.keras."""
-    if not csv_path.exists():
-        return None
-    lines = csv_path.read_text().strip().splitlines()
-    if len(lines) < 2 or key not in lines[0].split(","):
-        return None
-    column = lines[0].split(",").index(key)
-    values = [float(line.split(",")[column]) for line in lines[1:] if line.split(",")[column] not in ("", "nan")]
+    from keras_glacier.callbacks import read_history
+
+    values = [v for v in (read_history(csv_path) or {}).get(key, []) if v == v]  # drop NaN
     return max(values) if values else None
 
 
