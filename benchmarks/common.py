@@ -12,43 +12,16 @@ import datetime as _dt
 import os
 import platform
 import statistics
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 
-#: glibc malloc settings (read from the environment when a process starts) that keep freed memory in
-#: the process: one arena for all threads, no ``mmap`` for large blocks, no trimming of the heap.
-REUSE_MEMORY_ENV = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "2147483647"}
-ALLOCATORS = ("default", "reuse")
-
-
-def allocator_mode() -> str:
-    """``"reuse"`` when this process started with REUSE_MEMORY_ENV, else ``"default"``.
-
-    Why it matters: XLA:CPU allocates one temporary buffer per execution of the training step (about
-    0.8 GB at 4x256) from a worker thread; glibc serves a block that large with a fresh ``mmap`` and
-    unmaps it on free, so every step page-faults the whole buffer in again (about 0.2 M minor faults
-    and 0.3-0.5 s of kernel time per step on 2 cores). With the settings the buffer stays mapped.
-    PyTorch's allocator benefits as well, so compare the two frameworks under the same setting. The
-    settings only act from process start (glibc fixes the arena limit when a second thread first
-    allocates), hence environment variables rather than ``mallopt`` at run time.
-    """
-    return "reuse" if all(os.environ.get(k) == v for k, v in REUSE_MEMORY_ENV.items()) else "default"
-
-
-def restart_with_allocator(mode: str, module: str, argv: list[str]) -> None:
-    """Re-executes ``python -m module argv`` with the allocator environment of ``mode`` if it differs."""
-    if mode not in ALLOCATORS:
-        raise ValueError(f"allocator mode must be one of {ALLOCATORS}, got {mode!r}")
-    if allocator_mode() == mode:
-        return
-    env = dict(os.environ)
-    for key in REUSE_MEMORY_ENV:
-        env.pop(key, None)
-    if mode == "reuse":
-        env.update(REUSE_MEMORY_ENV)
-    sys.stdout.flush()
-    os.execve(sys.executable, [sys.executable, "-m", module, *argv], env)
+# The allocator settings have one definition, shared with the training job (which restarts under them).
+from keras_glacier.memory import (  # noqa: F401  (re-exported for the benchmarks)
+    ALLOCATORS,
+    REUSE_MEMORY_ENV,
+    allocator_mode,
+    restart_with_allocator,
+)
 
 
 def allocator_description() -> str:

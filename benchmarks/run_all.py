@@ -53,7 +53,7 @@ SETTINGS = {
 
 REUSE_NOTES = (
     "Same benchmark as above, run in a separate process whose glibc allocator keeps freed memory "
-    "(benchmarks.common.REUSE_MEMORY_ENV): XLA:CPU's per-step temporary buffer is no longer unmapped and "
+    "(keras_glacier.memory.REUSE_MEMORY_ENV): XLA:CPU's per-step temporary buffer is no longer unmapped and "
     "page-faulted back in every step, and torch's allocator benefits too. Compare with the page_faults column of "
     "the table above."
 )

@@ -333,7 +333,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--no-flops", action="store_true", help="skip the XLA cost analysis of the step")
     parser.add_argument("--malloc", choices=ALLOCATORS, default=None,
                         help="'reuse': restart this benchmark with glibc set to keep freed memory "
-                             "(benchmarks.common.REUSE_MEMORY_ENV); default: as started")  # fmt: skip
+                             "(keras_glacier.memory.REUSE_MEMORY_ENV); default: as started")  # fmt: skip
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
     parser.add_argument("--quick", action="store_true", help="tiny settings and few steps (a smoke run)")
     args = parser.parse_args(argv)

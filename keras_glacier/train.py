@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 import keras_glacier  # noqa: F401  (selects the JAX backend before keras is imported)
+from keras_glacier.memory import ALLOCATORS, restart_with_allocator
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 RUN_FILES = ("model.keras", "model.pth", "best.keras", "stats.json", "config.json", "split.json",
@@ -100,6 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "with the settings saved in its config.json (only --epochs may be raised)")
     parser.add_argument("--overwrite", action="store_true",
                         help="train into an --out folder that already holds a run, replacing it")
+    parser.add_argument("--malloc", choices=ALLOCATORS, default="reuse",
+                        help="'reuse' (default): on Linux, restart once with glibc set to keep freed memory "
+                        "(keras_glacier.memory), which makes CPU training steps 10-20%% faster and keeps the "
+                        "peak heap until exit; 'default': run under the allocator settings as started")
     return parser
 
 
@@ -407,8 +412,11 @@ def run(args: argparse.Namespace) -> dict:
     return result
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, restart: bool = False) -> int:
+    """Runs the training job; ``restart`` (the command line) may first re-exec under ``--malloc``."""
     args = build_parser().parse_args(argv)
+    if restart:
+        restart_with_allocator(args.malloc, "keras_glacier.train", sys.argv[1:] if argv is None else list(argv))
     try:
         run(args)
     except (UsageError, ValueError) as exc:
@@ -433,4 +441,4 @@ def is_user_error(exc: BaseException) -> bool:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(restart=True))

@@ -1,5 +1,6 @@
-"""The XLA:CPU fast paths of FastMaxPooling2D and FastConv2D's tap-by-tap convolution: same numbers as
-the stock layers (and, for the max-pool gradient, as PyTorch), and really taken on JAX CPU."""
+"""The XLA:CPU fast paths of FastMaxPooling2D, FastDepthwiseConv2D and FastConv2D (matmuls, tap by tap,
+blocked weight gradients): same numbers as the stock layers (and, for the max-pool gradient, as PyTorch),
+and really taken on JAX CPU."""
 
 import keras_glacier  # noqa: F401, I001  (first: selects the JAX backend before keras is imported)
 
@@ -9,9 +10,11 @@ import numpy as np
 import pytest
 import torch
 
+from keras_glacier.model import layers
 from keras_glacier.model.layers import (
     SPARSE_TAP_FRACTION,
     FastConv2D,
+    FastDepthwiseConv2D,
     FastMaxPooling2D,
     _valid_tap_fraction,
 )
@@ -133,3 +136,78 @@ def test_tap_conv_under_mixed_precision_keeps_the_policy():
     reference.build(x.shape)
     reference.set_weights(layer.get_weights())
     np.testing.assert_allclose(np.asarray(y, "float32"), np.asarray(reference(x)), rtol=3e-2, atol=3e-2)
+
+
+def test_block_size_divides_the_pixels():
+    assert layers._block_size(384, 64) == 64
+    assert layers._block_size(1000, 4096) == 1000  # small: one block
+    assert layers._block_size(12288, 4096) == 4096
+    assert layers._block_size(10000, 4096) == 2500  # largest divisor in [1024, 4096]
+    assert layers._block_size(4099, 4096) == 4099  # a prime: no divisor, one block
+
+
+@pytest.mark.parametrize(
+    "make_fast,make_stock,shape",
+    [
+        (lambda: FastConv2D(6, 1, use_bias=False), lambda: keras.layers.Conv2D(6, 1, use_bias=False), (2, 16, 12, 8)),
+        (lambda: FastConv2D(6, 1, strides=2), lambda: keras.layers.Conv2D(6, 1, strides=2), (2, 16, 12, 8)),
+        (lambda: FastConv2D(4, 7, strides=2, use_bias=False),
+         lambda: keras.layers.Conv2D(4, 7, strides=2, use_bias=False), (2, 22, 20, 5)),
+        (lambda: FastConv2D(4, 3, strides=2, dilation_rate=1), lambda: keras.layers.Conv2D(4, 3, strides=2),
+         (2, 18, 14, 6)),
+        (lambda: FastConv2D(4, 3, padding="same", dilation_rate=2, use_bias=False),
+         lambda: keras.layers.Conv2D(4, 3, padding="same", dilation_rate=2, use_bias=False), (2, 16, 12, 6)),
+        (lambda: FastConv2D(3, 2, padding="same"), lambda: keras.layers.Conv2D(3, 2, padding="same"), (1, 9, 7, 4)),
+        (lambda: FastConv2D(5, 3, padding="same", dilation_rate=6), lambda: keras.layers.Conv2D(
+            5, 3, padding="same", dilation_rate=6), (2, 16, 8, 6)),
+    ],
+    ids=["pointwise", "pointwise-strided", "stem-7x7-s2", "3x3-s2", "3x3-dilated", "2x2-same-even", "taps"],
+)
+def test_blocked_weight_gradients_equal_stock(monkeypatch, make_fast, make_stock, shape):
+    """Small blocks force the loops over pixel / row blocks to run several times."""
+    monkeypatch.setattr(layers, "WEIGHT_GRADIENT_BLOCK", 64)
+    monkeypatch.setattr(layers, "IM2COL_BLOCK", 40)
+    x = np.random.default_rng(5).normal(size=shape).astype("float32")
+    fast, stock = _paired(make_fast(), make_stock(), x.shape)
+    y_fast, g_fast, jaxpr_fast = _value_and_grads(fast, x)
+    y_stock, g_stock, _ = _value_and_grads(stock, x)
+    assert "custom_vjp_call" in jaxpr_fast, "no fast path was taken on JAX CPU"
+    np.testing.assert_allclose(y_fast, y_stock, rtol=1e-5, atol=1e-5)
+    assert len(g_fast) == len(g_stock) == len(fast.weights) + 1
+    for a, b in zip(g_fast, g_stock, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "kernel,dilation,shape",
+    [(3, 1, (2, 13, 7, 5)), (5, (2, 1), (1, 12, 9, 3))],
+    ids=["odd-height", "5x5-anisotropic-dilation"],
+)
+def test_depthwise_backward_equals_stock(kernel, dilation, shape):
+    x = np.random.default_rng(6).normal(size=shape).astype("float32")
+    fast, stock = _paired(
+        FastDepthwiseConv2D(kernel, padding="same", dilation_rate=dilation, use_bias=False),
+        keras.layers.DepthwiseConv2D(kernel, padding="same", dilation_rate=dilation, use_bias=False),
+        x.shape,
+    )
+    y_fast, g_fast, jaxpr_fast = _value_and_grads(fast, x)
+    y_stock, g_stock, _ = _value_and_grads(stock, x)
+    assert "conv_general_dilated" not in jaxpr_fast, "the shifted path was not taken on JAX CPU"
+    np.testing.assert_allclose(y_fast, y_stock, rtol=1e-5, atol=1e-5)
+    for a, b in zip(g_fast, g_stock, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_im2col_conv_under_mixed_precision_keeps_the_policy():
+    x = np.random.default_rng(7).normal(size=(2, 12, 12, 4)).astype("float32")
+    layer = FastConv2D(3, 3, strides=2, dtype="mixed_bfloat16")
+    layer.build(x.shape)
+    assert layer._use_im2col_gradient()
+    assert layer(x).dtype == "bfloat16"
+    _, grads, _ = _value_and_grads(layer, x)
+    reference = keras.layers.Conv2D(3, 3, strides=2)
+    reference.build(x.shape)
+    reference.set_weights(layer.get_weights())
+    _, reference_grads, _ = _value_and_grads(reference, x)
+    for a, b in zip(grads, reference_grads, strict=True):
+        np.testing.assert_allclose(np.asarray(a, "float32"), b, rtol=5e-2, atol=5e-2)

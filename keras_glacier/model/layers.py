@@ -10,9 +10,11 @@ Two groups live here:
   layers) but, when traced by JAX for the CPU, express the operation as plain slicing and matmuls.
   XLA:CPU lowers grouped (depthwise) convolutions, 1x1 convolutions and the max-pool gradient to
   slow generic loops, and computes every tap of a dilated convolution even where it only reads zero
-  padding; shifted multiply-adds, GEMMs and slice maxima are the same arithmetic and several times
-  faster there (figures: benchmarks/PERFORMANCE.md). On any other backend or platform the stock
-  implementation runs.
+  padding, and it computes weight gradients over the whole feature map at once, through transposed
+  copies of its operands that run at a fraction of memory speed; shifted multiply-adds, GEMMs,
+  slice maxima and weight gradients summed over blocks of pixels are the same arithmetic and
+  several times faster there (figures: benchmarks/PERFORMANCE.md). On any other backend or platform
+  the stock implementation runs.
 """
 
 from __future__ import annotations
@@ -160,6 +162,72 @@ class SpatialBroadcast(keras.layers.Layer):
         return (like_shape[0], like_shape[1], like_shape[2], x_shape[-1])
 
 
+#: Pixels per block of a blocked weight gradient (see ``_weight_gradient``): a block of a 300-channel
+#: float32 operand is ~5 MB, so its transposed copy is made in cache rather than across main memory.
+WEIGHT_GRADIENT_BLOCK = 4096
+
+
+def _block_size(total: int, target: int) -> int:
+    """The largest divisor of ``total`` in [target / 4, target]; ``total`` itself when none (or small)."""
+    if total <= target:
+        return total
+    for size in range(target, target // 4 - 1, -1):
+        if total % size == 0:
+            return size
+    return total
+
+
+def _weight_gradient(x, grad):
+    """sum over all pixels of outer(x, grad): a convolution's weight gradient, (in, out) in float32.
+
+    XLA:CPU's GEMM wants the contracted (pixel) axis innermost, so for the one big product it makes a
+    transposed copy of an operand, and fuses that copy into whatever produced the operand (the
+    BatchNorm backward, the depthwise forward): an elementwise loop that then writes across memory,
+    3-5x slower than the arithmetic itself. Summing blocks of pixels in a loop keeps each transposed
+    copy small and in cache (2x512 training step: the decoder's 1x1 weight gradients 53 -> ~8 ms).
+    """
+    from jax import lax
+    from jax import numpy as jnp
+
+    x = x.reshape(-1, x.shape[-1])
+    grad = grad.reshape(-1, grad.shape[-1])
+    total = x.shape[0]
+    block = _block_size(total, WEIGHT_GRADIENT_BLOCK)
+    contract = (((0,), (0,)), ((), ()))
+    if block == total:
+        return lax.dot_general(x, grad, contract, preferred_element_type=jnp.float32)
+
+    def add_block(k, acc):
+        xs = lax.dynamic_slice_in_dim(x, k * block, block, axis=0)
+        gs = lax.dynamic_slice_in_dim(grad, k * block, block, axis=0)
+        return acc + lax.dot_general(xs, gs, contract, preferred_element_type=jnp.float32)
+
+    zero = jnp.zeros((x.shape[1], grad.shape[1]), jnp.float32)
+    return lax.fori_loop(0, total // block, add_block, zero)
+
+
+@functools.cache
+def _pointwise_fn():
+    """``x @ kernel`` over the last axis (a 1x1 convolution) whose weight gradient is blocked."""
+    import jax
+    from jax import numpy as jnp
+
+    @jax.custom_vjp
+    def pointwise(x, kernel):
+        return jnp.matmul(x, kernel)
+
+    def pointwise_fwd(x, kernel):
+        return jnp.matmul(x, kernel), (x, kernel)
+
+    def pointwise_bwd(residual, grad):
+        x, kernel = residual
+        dx = jnp.matmul(grad, kernel.T).astype(x.dtype)
+        return dx, _weight_gradient(x, grad).astype(kernel.dtype)
+
+    pointwise.defvjp(pointwise_fwd, pointwise_bwd)
+    return pointwise
+
+
 #: A stride-1 "same" convolution runs tap by tap on XLA:CPU when at most this fraction of its
 #: kernel-tap x pixel products read the image rather than the zero padding (measured crossover:
 #: ASPP rates 6-18 on 16x16 and rates 12-18 on 32x32 maps are 1.3-10x faster tap by tap, while
@@ -199,8 +267,9 @@ def _tap_conv_fn(kernel_size: tuple[int, int], dilation: tuple[int, int]):
     ASPP at stride 16) are skipped, and the others only multiply the rows and columns that read
     the image, which XLA's convolution does not do. The backward pass is written the same way
     (each tap's input gradient is a matmul with the tap's (in, out) matrix contracted on its
-    output axis, each tap's weight gradient a matmul of the matching input and output windows),
-    so no transposed or reversed copy of the kernel is ever made. Products accumulate in float32.
+    output axis, each tap's weight gradient a blocked matmul of the matching input and output
+    windows, ``_weight_gradient``), so no transposed or reversed copy of the kernel is ever made.
+    Products accumulate in float32.
     """
     import jax
     from jax import lax
@@ -234,15 +303,91 @@ def _tap_conv_fn(kernel_size: tuple[int, int], dilation: tuple[int, int]):
             part = jnp.pad(part, ((0, 0), (r0 + di, height - r1 - di), (c0 + dj, width - c1 - dj), (0, 0)))
             dx = part if dx is None else dx + part
             window = x[:, r0 + di : r1 + di, c0 + dj : c1 + dj, :]
-            dk[i][j] = lax.dot_general(
-                window, g, (((0, 1, 2), (0, 1, 2)), ((), ())), preferred_element_type=jnp.float32
-            )
+            dk[i][j] = _weight_gradient(window, g)
         zero = jnp.zeros(kernel.shape[2:], jnp.float32)
         dk = jnp.stack([jnp.stack([zero if t is None else t for t in row]) for row in dk])
         return dx.astype(x.dtype), dk.astype(kernel.dtype)
 
     tap_conv.defvjp(tap_conv_fwd, tap_conv_bwd)
     return tap_conv
+
+
+#: Output pixels per block of the blocked im2col weight gradient (``_dense_conv_fn``).
+IM2COL_BLOCK = 8192
+
+
+def _same_padding(size: int, dilation: int) -> tuple[int, int]:
+    """XLA's "SAME" padding of a stride-1 convolution: the odd pixel, if any, goes after."""
+    total = (size - 1) * dilation
+    return total // 2, total - total // 2
+
+
+@functools.cache
+def _dense_conv_fn(kernel_size: tuple[int, int], strides: tuple[int, int], dilation: tuple[int, int], padding: str):
+    """XLA's own NHWC convolution, with the weight gradient computed as blocked im2col GEMMs.
+
+    The forward pass and the input gradient are exactly what autodiff of the stock op gives. XLA:CPU
+    computes the weight gradient as a convolution with batch and feature axes swapped, which needs
+    transposed copies of the input and of the incoming gradient and runs its kernel with the batch
+    as the innermost axis: the stem's 7x7 over 5 bands took 80 ms at 2x512 (22 ms here). Here a loop
+    over blocks of output rows gathers each block's patches (kh * kw * in columns, in cache) and
+    multiplies them with the block's gradient. ``padding`` is "valid", or "same" with stride 1.
+    """
+    import jax
+    from jax import lax
+    from jax import numpy as jnp
+
+    (kh, kw), (sh, sw), (dh, dw) = kernel_size, strides, dilation
+    numbers = ("NHWC", "HWIO", "NHWC")
+
+    def conv(x, kernel):
+        return lax.conv_general_dilated(
+            x, kernel, strides, padding.upper(), rhs_dilation=dilation, dimension_numbers=numbers
+        )
+
+    def weight_gradient(x, grad):
+        if padding == "same":
+            x = jnp.pad(x, ((0, 0), _same_padding(kh, dh), _same_padding(kw, dw), (0, 0)))
+        batch, out_h, out_w, out_ch = grad.shape
+        in_ch = x.shape[3]
+        rows = max((r for r in range(1, out_h + 1) if out_h % r == 0 and batch * r * out_w <= IM2COL_BLOCK), default=1)
+        span = (rows - 1) * sh + (kh - 1) * dh + 1
+
+        def add_block(k, acc):
+            xs = lax.dynamic_slice_in_dim(x, k * rows * sh, span, axis=1)
+            gs = lax.dynamic_slice_in_dim(grad, k * rows, rows, axis=1)
+            patches = jnp.concatenate(
+                [
+                    xs[:, i * dh : i * dh + (rows - 1) * sh + 1 : sh, j * dw : j * dw + (out_w - 1) * sw + 1 : sw, :]
+                    for i in range(kh)
+                    for j in range(kw)
+                ],
+                axis=-1,
+            )
+            return acc + lax.dot_general(
+                patches.reshape(-1, kh * kw * in_ch),
+                gs.reshape(-1, out_ch),
+                (((0,), (0,)), ((), ())),
+                preferred_element_type=jnp.float32,
+            )
+
+        zero = jnp.zeros((kh * kw * in_ch, out_ch), jnp.float32)
+        return lax.fori_loop(0, out_h // rows, add_block, zero).reshape(kh, kw, in_ch, out_ch)
+
+    @jax.custom_vjp
+    def dense_conv(x, kernel):
+        return conv(x, kernel)
+
+    def dense_conv_fwd(x, kernel):
+        return conv(x, kernel), (x, kernel)
+
+    def dense_conv_bwd(residual, grad):
+        x, kernel = residual
+        (dx,) = jax.vjp(lambda x: conv(x, kernel), x)[1](grad)
+        return dx, weight_gradient(x, grad).astype(kernel.dtype)
+
+    dense_conv.defvjp(dense_conv_fwd, dense_conv_bwd)
+    return dense_conv
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -253,7 +398,10 @@ class FastConv2D(keras.layers.Conv2D):
     (neither "valid" nor "same" pads for k=1), so strided 1x1 convolutions are one matmul. A stride-1
     "same" convolution whose dilated taps mostly fall into the zero padding (see
     ``SPARSE_TAP_FRACTION``) runs tap by tap (``_tap_conv_fn``); the choice is made per input shape
-    when the graph is traced. Everything else, and every other backend/platform, is the stock op.
+    when the graph is traced. Other "valid" convolutions, and "same" ones with stride 1, run XLA's own
+    convolution forward and for the input gradient but compute the weight gradient as blocked
+    im2col GEMMs (``_dense_conv_fn``). Every other configuration, and every other backend or
+    platform, is the stock op.
     """
 
     def _on_cpu_channels_last(self) -> bool:
@@ -261,6 +409,11 @@ class FastConv2D(keras.layers.Conv2D):
 
     def _use_matmul(self) -> bool:
         return tuple(self.kernel_size) == (1, 1) and self._on_cpu_channels_last()
+
+    def _use_im2col_gradient(self) -> bool:
+        return self._on_cpu_channels_last() and (
+            self.padding == "valid" or (self.padding == "same" and tuple(self.strides) == (1, 1))
+        )
 
     def _use_taps(self, input_shape) -> bool:
         height, width = input_shape[1], input_shape[2]
@@ -282,11 +435,83 @@ class FastConv2D(keras.layers.Conv2D):
             sh, sw = self.strides
             if (sh, sw) != (1, 1):
                 inputs = inputs[:, ::sh, ::sw, :]
-            return ops.matmul(inputs, kernel[0, 0])
+            return _pointwise_fn()(ops.convert_to_tensor(inputs), ops.convert_to_tensor(kernel[0, 0]))
         if self._use_taps(inputs.shape):
             conv = _tap_conv_fn(tuple(self.kernel_size), tuple(self.dilation_rate))
             return conv(ops.convert_to_tensor(inputs), ops.convert_to_tensor(kernel))
+        if self._use_im2col_gradient():
+            conv = _dense_conv_fn(
+                tuple(self.kernel_size), tuple(self.strides), tuple(self.dilation_rate), self.padding
+            )
+            return conv(ops.convert_to_tensor(inputs), ops.convert_to_tensor(kernel))
         return super().convolution_op(inputs, kernel)
+
+
+#: Feature-map rows per step of the depthwise weight gradient's loop (a divisor of the height is used).
+DEPTHWISE_ROW_BLOCK = 8
+
+
+@functools.cache
+def _depthwise_fn(kernel_size: tuple[int, int], dilation: tuple[int, int]):
+    """A stride-1 "same" NHWC depthwise convolution as shifted multiply-adds, with its own backward.
+
+    Autodiff of the shifted form would keep every shifted window for the backward pass (nine
+    copies of the input) and then reduce each product over the whole map, nine passes through main
+    memory. Here only the input is kept; the forward and the input gradient (the same stencil over
+    the padded gradient with the kernel flipped) are each one fused elementwise loop, and the kernel
+    gradient is a loop over blocks of rows that computes all taps of a block while it is in cache
+    (2x512 decoder: ~100 -> ~45 ms per separable convolution, forward and backward). ``kernel`` is
+    (kh, kw, channels); everything is float32.
+    """
+    import jax
+    from jax import lax
+    from jax import numpy as jnp
+
+    (kh, kw), (dh, dw) = kernel_size, dilation
+    ph, pw = (kh - 1) // 2 * dh, (kw - 1) // 2 * dw
+
+    def pad(x):
+        return jnp.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
+
+    def stencil(padded, kernel, height, width, flip):
+        total = None
+        for i in range(kh):
+            for j in range(kw):
+                window = padded[:, i * dh : i * dh + height, j * dw : j * dw + width, :]
+                tap = kernel[kh - 1 - i, kw - 1 - j] if flip else kernel[i, j]
+                total = window * tap if total is None else total + window * tap
+        return total
+
+    @jax.custom_vjp
+    def depthwise(x, kernel):
+        return stencil(pad(x), kernel, x.shape[1], x.shape[2], flip=False)
+
+    def depthwise_fwd(x, kernel):
+        return depthwise(x, kernel), (x, kernel)
+
+    def depthwise_bwd(residual, grad):
+        x, kernel = residual
+        height, width = x.shape[1], x.shape[2]
+        dx = stencil(pad(grad), kernel, height, width, flip=True)
+        padded = pad(x)
+        rows = next(r for r in range(min(DEPTHWISE_ROW_BLOCK, height), 0, -1) if height % r == 0)
+
+        def add_block(k, acc):
+            xs = lax.dynamic_slice_in_dim(padded, k * rows, rows + 2 * ph, axis=1)
+            gs = lax.dynamic_slice_in_dim(grad, k * rows, rows, axis=1)
+            taps = [
+                jnp.sum(xs[:, i * dh : i * dh + rows, j * dw : j * dw + width, :] * gs, axis=(0, 1, 2))
+                for i in range(kh)
+                for j in range(kw)
+            ]
+            return acc + jnp.stack(taps)
+
+        zero = jnp.zeros((kh * kw, x.shape[3]), jnp.float32)
+        dk = lax.fori_loop(0, height // rows, add_block, zero)
+        return dx, dk.reshape(kernel.shape)
+
+    depthwise.defvjp(depthwise_fwd, depthwise_bwd)
+    return depthwise
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -313,19 +538,10 @@ class FastDepthwiseConv2D(keras.layers.DepthwiseConv2D):
         if not self._use_shifts():
             return super().call(inputs)
         # Accumulate the taps in float32 even under a bfloat16 policy (XLA:CPU emulates bf16 anyway).
-        kernel = ops.cast(self.kernel, "float32")
-        inputs = ops.cast(inputs, "float32")
-        kh, kw = self.kernel_size
-        dh, dw = self.dilation_rate
-        ph, pw = (kh - 1) // 2 * dh, (kw - 1) // 2 * dw
-        height, width = inputs.shape[1], inputs.shape[2]
-        padded = ops.pad(inputs, [(0, 0), (ph, ph), (pw, pw), (0, 0)])
-        outputs = None
-        for i in range(kh):
-            for j in range(kw):
-                window = padded[:, i * dh : i * dh + height, j * dw : j * dw + width, :]
-                term = window * kernel[i, j, :, 0]
-                outputs = term if outputs is None else outputs + term
+        kernel = ops.convert_to_tensor(ops.cast(self.kernel, "float32"))
+        inputs = ops.convert_to_tensor(ops.cast(inputs, "float32"))
+        depthwise = _depthwise_fn(tuple(self.kernel_size), tuple(self.dilation_rate))
+        outputs = depthwise(inputs, kernel[..., 0])
         if self.use_bias:
             outputs = outputs + ops.cast(self.bias, "float32")
         outputs = ops.cast(outputs, self.compute_dtype)

@@ -36,7 +36,7 @@ def conv3x3(x, filters: int, stride: int, dilation: int, name: str):
             filters, 3, padding="same", dilation_rate=dilation, use_bias=False, name=name
         )(x)
     x = layers.ZeroPadding2D(dilation, name=f"{name}.pad")(x)
-    return layers.Conv2D(
+    return FastConv2D(
         filters, 3, strides=stride, padding="valid", dilation_rate=dilation, use_bias=False, name=name
     )(x)
 
@@ -68,7 +68,7 @@ def build_resnet34_backbone(num_bands: int = 5, output_stride: int = 16) -> kera
         raise ValueError(f"num_bands must be positive (got {num_bands})")
     inputs = keras.Input((None, None, num_bands), name="bands")
     x = layers.ZeroPadding2D(3, name="conv1.pad")(inputs)
-    x = layers.Conv2D(64, 7, strides=2, padding="valid", use_bias=False, name="conv1")(x)
+    x = FastConv2D(64, 7, strides=2, padding="valid", use_bias=False, name="conv1")(x)
     x = batch_norm("bn1")(x)
     x = layers.ReLU(name="relu")(x)
     x = layers.ZeroPadding2D(1, name="maxpool.pad")(x)
