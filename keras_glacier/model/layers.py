@@ -448,7 +448,7 @@ class FastConv2D(keras.layers.Conv2D):
 
 
 #: Feature-map rows per step of the depthwise weight gradient's loop (a divisor of the height is used).
-DEPTHWISE_ROW_BLOCK = 8
+DEPTHWISE_ROW_BLOCK = 4
 
 
 @functools.cache
@@ -460,7 +460,7 @@ def _depthwise_fn(kernel_size: tuple[int, int], dilation: tuple[int, int]):
     memory. Here only the input is kept; the forward and the input gradient (the same stencil over
     the padded gradient with the kernel flipped) are each one fused elementwise loop, and the kernel
     gradient is a loop over blocks of rows that computes all taps of a block while it is in cache
-    (2x512 decoder: ~100 -> ~45 ms per separable convolution, forward and backward). ``kernel`` is
+    (kernel gradient of the 2x512 decoder's first depthwise convolution alone: 100 -> 29 ms). ``kernel`` is
     (kh, kw, channels); everything is float32.
     """
     import jax
@@ -499,12 +499,16 @@ def _depthwise_fn(kernel_size: tuple[int, int], dilation: tuple[int, int]):
         def add_block(k, acc):
             xs = lax.dynamic_slice_in_dim(padded, k * rows, rows + 2 * ph, axis=1)
             gs = lax.dynamic_slice_in_dim(grad, k * rows, rows, axis=1)
+            # Each tap's sum over the block's pixels as a (1 x pixels) @ (pixels x channels) product:
+            # the GEMM kernel sums faster than XLA:CPU's reduction here (A/B in PERFORMANCE.md).
+            pixels = gs.size // gs.shape[-1]
+            ones = jnp.ones((1, pixels), jnp.float32)
             taps = [
-                jnp.sum(xs[:, i * dh : i * dh + rows, j * dw : j * dw + width, :] * gs, axis=(0, 1, 2))
+                jnp.matmul(ones, (xs[:, i * dh : i * dh + rows, j * dw : j * dw + width, :] * gs).reshape(pixels, -1))
                 for i in range(kh)
                 for j in range(kw)
             ]
-            return acc + jnp.stack(taps)
+            return acc + jnp.concatenate(taps, axis=0)
 
         zero = jnp.zeros((kh * kw, x.shape[3]), jnp.float32)
         dk = lax.fori_loop(0, height // rows, add_block, zero)
