@@ -7,8 +7,11 @@ with ``train_on_batch``, which runs the same jitted ``make_train_function`` step
 ``compile_s``. The PyTorch side is ``solution.AttentionDeepLabV3Plus`` in train mode with the same
 loss written in torch and ``torch.optim.AdamW``, in NCHW and in channels_last memory format.
 
-One timed step of each contender is taken in turn (Keras, torch NCHW, torch channels_last, repeat),
-so machine load hits all of them alike; the table gives medians and Keras / torch ratios.
+Each contender (Keras, torch NCHW, torch channels_last) runs alone in a fresh process, as a training
+job would, and the contenders take turns for a few rounds, so slow drifts of a shared machine hit all
+of them alike; ``--same-process`` instead alternates them step by step in this process, where they
+share glibc's arena and the caches (which cost the Keras step 5-15 % here, with page faults). The
+table gives medians and Keras / torch ratios.
 
 On a GPU (``jax.devices()[0].platform == "gpu"``) the same code runs on the device; with
 ``--precision mixed_bfloat16`` Keras uses that policy and torch autocasts to bfloat16. The FLOPs of
@@ -26,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import subprocess
 import sys
 
 import numpy as np
@@ -239,11 +243,17 @@ def run(
     metrics: bool = True,
     flops: bool = True,
     seed: int = 0,
+    isolate: bool = True,
+    rounds: int = 2,
 ) -> list[dict]:
     """One row per (batch, crop) setting: median step seconds and tiles/s of each framework, and ratios.
 
-    ``steps`` timed steps per contender after ``warmup`` untimed ones (the first Keras call,
-    which compiles, is timed separately as ``compile_s`` and not counted in ``warmup``).
+    ``isolate`` (the default): each contender runs alone in a fresh process (``measure``), the
+    contenders taking turns for ``rounds`` rounds of ``steps`` timed steps each, so neither framework's
+    memory, allocator arena or caches disturb the other, as in a real training job, while slow
+    drifts of the machine still hit all of them alike. Otherwise they alternate step by step in
+    this process, ``steps`` steps each. ``warmup`` untimed steps follow the first call (which,
+    for Keras, compiles and is reported on its own as ``compile_s``).
     """
     import jax
 
@@ -251,17 +261,34 @@ def run(
     jax_device = jax.devices()[0]
     rows = []
     for batch, crop in settings:
-        x, y = make_batch(batch, crop, seed)
         load_before = load_average()
-        model = build_keras_trainer(precision, metrics)
-        compile_s, _ = timed(keras_step(model, x, y))
-        contenders = {"keras": FaultCounter(keras_step(model, x, y))}
-        for fmt in torch_formats:
-            channels_last = fmt == "channels_last"
-            tmodel, optimizer = build_torch_trainer(channels_last, device)
-            step = torch_step(tmodel, optimizer, x, y, channels_last, device, precision)
-            contenders[f"torch_{fmt}"] = FaultCounter(step)
-        samples = interleaved(contenders, rounds=steps, warmup=warmup)
+        names = ["keras"] + [f"torch_{fmt}" for fmt in torch_formats]
+        if isolate:
+            results = {name: [] for name in names}
+            for round_index in range(rounds):
+                for name in names:
+                    want_flops = flops and name == "keras" and round_index == 0
+                    results[name].append(
+                        _measure_in_process(name, batch, crop, steps, warmup, precision, metrics, want_flops, seed)
+                    )
+            samples = {name: [s for r in results[name] for s in r["seconds"]] for name in names}
+            faults = {name: median([f for r in results[name] for f in r["faults"]]) for name in names}
+            compile_s = median([r["compile_s"] for r in results["keras"]])
+            step_flops = results["keras"][0].get("flops")
+        else:
+            x, y = make_batch(batch, crop, seed)
+            model = build_keras_trainer(precision, metrics)
+            compile_s, _ = timed(keras_step(model, x, y))
+            contenders = {"keras": FaultCounter(keras_step(model, x, y))}
+            for fmt in torch_formats:
+                channels_last = fmt == "channels_last"
+                tmodel, optimizer = build_torch_trainer(channels_last, device)
+                step = torch_step(tmodel, optimizer, x, y, channels_last, device, precision)
+                contenders[f"torch_{fmt}"] = FaultCounter(step)
+            samples = interleaved(contenders, rounds=steps, warmup=warmup)
+            faults = {name: counter.per_call for name, counter in contenders.items()}
+            step_flops = train_step_flops(model, x, y) if flops else None
+            del model, contenders
         keras_s = median(samples["keras"])
         row = {
             "batch x crop": f"{batch}x{crop}",
@@ -275,26 +302,70 @@ def run(
             row[f"torch_{fmt}_s"] = seconds
             row[f"keras/torch_{fmt}"] = keras_s / seconds
         row["noise"] = max(spread(s) for s in samples.values())
-        row["page_faults_keras/torch"] = "/".join(f"{c.per_call / 1e3:.0f}k" for c in contenders.values())
-        if flops:
-            step_flops = train_step_flops(model, x, y)
-            if step_flops:
-                row["step_gflop"] = step_flops / 1e9
-                row["keras_tflop_s"] = step_flops / keras_s / 1e12
-                peak = _peak(jax_device.device_kind, precision)
-                row["mfu"] = step_flops / keras_s / peak if peak else None
+        row["page_faults_keras/torch"] = "/".join(f"{faults[name] / 1e3:.0f}k" for name in names)
+        if step_flops:
+            row["step_gflop"] = step_flops / 1e9
+            row["keras_tflop_s"] = step_flops / keras_s / 1e12
+            peak = _peak(jax_device.device_kind, precision)
+            row["mfu"] = step_flops / keras_s / peak if peak else None
         row["load"] = f"{load_before} -> {load_average()}"
         row["device"] = f"jax {jax_device.platform}, torch {device.type}"
+        row["timing"] = f"own process each, {rounds} rounds" if isolate else "alternating in one process"
         rows.append(row)
-        del model, contenders
     return rows
+
+
+def measure(name: str, batch: int, crop: int, steps: int, warmup: int, precision: str = "float32",
+            metrics: bool = True, flops: bool = False, seed: int = 0) -> dict:  # fmt: skip
+    """Times one contender alone: seconds and minor page faults of ``steps`` steps after ``warmup``."""
+    x, y = make_batch(batch, crop, seed)
+    result: dict = {"compile_s": None}
+    if name == "keras":
+        model = build_keras_trainer(precision, metrics)
+        result["compile_s"], _ = timed(keras_step(model, x, y))
+        counter = FaultCounter(keras_step(model, x, y))
+        if flops:
+            result["flops"] = train_step_flops(model, x, y)
+    elif name in ("torch_nchw", "torch_channels_last"):
+        device = torch_device()
+        channels_last = name == "torch_channels_last"
+        tmodel, optimizer = build_torch_trainer(channels_last, device)
+        counter = FaultCounter(torch_step(tmodel, optimizer, x, y, channels_last, device, precision))
+    else:
+        raise ValueError(f"unknown contender {name!r}")
+    for _ in range(warmup):
+        counter()
+    counter.faults.clear()
+    result["seconds"] = [timed(counter)[0] for _ in range(steps)]
+    result["faults"] = counter.faults
+    return result
+
+
+WORKER_PREFIX = "train_step worker result: "
+
+
+def _measure_in_process(name, batch, crop, steps, warmup, precision, metrics, flops, seed) -> dict:
+    """``measure`` in a fresh ``python -m benchmarks.train_step --worker`` (same environment, so same allocator)."""
+    command = [sys.executable, "-m", "benchmarks.train_step", "--worker", name, "--settings", f"{batch}x{crop}",
+               "--steps", str(steps), "--warmup", str(warmup), "--precision", precision,
+               "--seed", str(seed)]  # fmt: skip
+    if not metrics:
+        command.append("--no-metrics")
+    if not flops:
+        command.append("--no-flops")
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    lines = [line for line in done.stdout.splitlines() if line.startswith(WORKER_PREFIX)]
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(f"benchmark worker {name} {batch}x{crop} failed:\n{done.stderr[-2000:]}")
+    return json.loads(lines[-1][len(WORKER_PREFIX) :])
 
 
 NOTES = (
     "Median seconds per training step (forward, loss, backward, AdamW update); tiles/s = batch / step. "
     "keras: jit-compiled `train_on_batch` (the step `fit` runs, BceDiceLoss + AdamW + segmentation metrics); "
     "compile_s: its first call (trace + XLA compile + one step). torch: solution.AttentionDeepLabV3Plus eager, "
-    "train mode, same loss in torch, AdamW. Contenders alternate step by step in one process; "
+    "train mode, same loss in torch, AdamW. timing: each contender alone in its own process, the contenders "
+    "taking turns (or, with --same-process, alternating step by step in one process); "
     "noise = largest half-range / median of any contender. page_faults: minor page faults per step (Keras, then "
     "each torch format), i.e. freshly mapped memory touched; see `--malloc`. step_gflop: XLA cost analysis of the "
     "lowered train step (includes backward and optimizer); mfu only where the device's peak is known."
@@ -334,6 +405,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--malloc", choices=ALLOCATORS, default=None,
                         help="'reuse': restart this benchmark with glibc set to keep freed memory "
                              "(keras_glacier.memory.REUSE_MEMORY_ENV); default: as started")  # fmt: skip
+    parser.add_argument("--same-process", action="store_true",
+                        help="alternate the contenders step by step in this process instead of running each "
+                        "alone in its own process (they then share the allocator and caches)")
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="turns each contender takes, in a fresh process each, when isolated (default 2)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic batch (default 0)")
+    parser.add_argument("--worker", default=None, choices=("keras", "torch_nchw", "torch_channels_last"),
+                        help=argparse.SUPPRESS)
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
     parser.add_argument("--quick", action="store_true", help="tiny settings and few steps (a smoke run)")
     args = parser.parse_args(argv)
@@ -342,9 +421,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
     allocator = allocator_description()
     settings = args.settings or (QUICK_SETTINGS if args.quick else DEFAULT_SETTINGS)
     steps = args.steps or (2 if args.quick else 5)
+    if args.worker:  # one contender alone, for an isolated run (see run)
+        (batch, crop), = settings
+        result = measure(args.worker, batch, crop, steps, args.warmup, args.precision, not args.no_metrics,
+                         not args.no_flops, args.seed)  # fmt: skip
+        print(WORKER_PREFIX + json.dumps(result), flush=True)
+        return [result]
     rows = run(settings, steps=steps, warmup=args.warmup, precision=args.precision,
                torch_formats=tuple(args.torch_formats), metrics=not args.no_metrics,
-               flops=not args.no_flops)  # fmt: skip
+               flops=not args.no_flops, seed=args.seed, isolate=not args.same_process,
+               rounds=1 if args.quick else args.rounds)  # fmt: skip
     for row in rows:
         row["allocator"] = allocator
     if args.json:

@@ -36,6 +36,7 @@ def test_quick_run_writes_every_table(tmp_path):
     train = sections[2]
     for column in ("keras_s", "torch_nchw_s", "keras/torch_nchw", "keras/torch_channels_last", "compile_s"):
         assert column in train
+    assert "own process each" in train
     infer = sections[4]
     for contender in ("torch batched", "torch naive (1 view/pass)", "keras batched"):
         assert f"| {contender} | off |" in infer and f"| {contender} | 4 flips |" in infer
@@ -68,3 +69,13 @@ def test_settings_parser_and_table_writer():
             train_step.parse_setting(bad)
     table = markdown_table([{"a": 1.23456, "b": "x"}, {"a": 20.0, "c": None}])
     assert table.splitlines() == ["| a | b | c |", "|---|---|---|", "| 1.23 | x |  |", "| 20.0 |  |  |"]
+
+
+def test_same_process_timing_runs_every_contender():
+    """The in-process alternative to the isolated default (the quick run above covers the isolated path)."""
+    rows = train_step.run(((2, 32),), steps=1, warmup=0, flops=False, isolate=False)
+    (row,) = rows
+    assert row["timing"] == "alternating in one process"
+    for column in ("keras_s", "torch_nchw_s", "torch_channels_last_s", "keras/torch_nchw", "page_faults_keras/torch"):
+        assert column in row
+    assert row["keras_s"] > 0 and row["torch_nchw_s"] > 0
