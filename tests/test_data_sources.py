@@ -282,3 +282,50 @@ def test_several_label_folders(tiff_copy):
     shutil.copytree(tiff_copy / "label", tiff_copy / "masks")
     with pytest.raises(InputError, match=r"several label folders \(label, masks\)"):
         discover(tiff_copy)
+
+
+@pytest.mark.parametrize(
+    "array,version",
+    [
+        (np.arange(24, dtype=np.float32).reshape(2, 3, 4), (1, 0)),
+        (np.asfortranarray(np.arange(12, dtype=">i2").reshape(3, 4)), (1, 0)),
+        (np.arange(6, dtype=np.uint8).reshape(2, 3), (2, 0)),
+        (np.ones((2, 2), bool), (3, 0)),
+    ],
+    ids=["float32", "big-endian-fortran", "version-2", "version-3-bool"],
+)
+def test_npy_headers_are_read_without_ast(tmp_path, monkeypatch, array, version):
+    """numpy's header parser (ast) can crash under threads on CPython < 3.11.8; plain headers avoid it."""
+    import ast
+
+    from keras_glacier.data import sources
+
+    path = tmp_path / "a.npy"
+    with open(path, "wb") as handle:
+        np.lib.format.write_array(handle, array, version=version)
+
+    def no_ast(*_args, **_kwargs):
+        raise AssertionError("ast used")
+
+    monkeypatch.setattr(ast, "literal_eval", no_ast)
+    loaded = sources._load_npy(str(path))
+    assert loaded.dtype == array.dtype and loaded.shape == array.shape
+    np.testing.assert_array_equal(loaded, array)
+    assert isinstance(loaded, np.memmap)
+
+
+def test_unusual_npy_headers_fall_back_to_numpy(tmp_path):
+    from keras_glacier.data import sources
+
+    path = tmp_path / "s.npy"
+    np.save(path, np.float32(3.5))  # 0-d: shape ()
+    assert sources._npy_layout(str(path)) is None
+    assert float(sources._load_npy(str(path))) == 3.5
+    structured = tmp_path / "r.npy"
+    np.save(structured, np.zeros(2, dtype=[("a", "<f4"), ("b", "<i2")]))
+    assert sources._npy_layout(str(structured)) is None
+    assert sources._load_npy(str(structured)).dtype.names == ("a", "b")
+    objects = tmp_path / "o.npy"
+    np.save(objects, np.array([{"x": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(InputError, match="o.npy: cannot read .npy file"):
+        sources._load_npy(str(objects))
