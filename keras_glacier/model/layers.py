@@ -206,26 +206,29 @@ def _weight_gradient(x, grad):
     return lax.fori_loop(0, total // block, add_block, zero)
 
 
+def _with_gradient(forward, backward):
+    """``forward(x, kernel)`` as a JAX function whose gradient is ``backward((x, kernel), grad) -> (dx, dkernel)``.
+
+    The residuals are just the two inputs: every backward pass here recomputes what it needs from them.
+    """
+    import jax
+
+    function = jax.custom_vjp(forward)
+    function.defvjp(lambda x, kernel: (forward(x, kernel), (x, kernel)), backward)
+    return function
+
+
 @functools.cache
 def _pointwise_fn():
     """``x @ kernel`` over the last axis (a 1x1 convolution) whose weight gradient is blocked."""
-    import jax
     from jax import numpy as jnp
-
-    @jax.custom_vjp
-    def pointwise(x, kernel):
-        return jnp.matmul(x, kernel)
-
-    def pointwise_fwd(x, kernel):
-        return jnp.matmul(x, kernel), (x, kernel)
 
     def pointwise_bwd(residual, grad):
         x, kernel = residual
         dx = jnp.matmul(grad, kernel.T).astype(x.dtype)
         return dx, _weight_gradient(x, grad).astype(kernel.dtype)
 
-    pointwise.defvjp(pointwise_fwd, pointwise_bwd)
-    return pointwise
+    return _with_gradient(jnp.matmul, pointwise_bwd)
 
 
 #: A stride-1 "same" convolution runs tap by tap on XLA:CPU when at most this fraction of its
@@ -271,7 +274,6 @@ def _tap_conv_fn(kernel_size: tuple[int, int], dilation: tuple[int, int]):
     windows, ``_weight_gradient``), so no transposed or reversed copy of the kernel is ever made.
     Products accumulate in float32.
     """
-    import jax
     from jax import lax
     from jax import numpy as jnp
 
@@ -284,13 +286,6 @@ def _tap_conv_fn(kernel_size: tuple[int, int], dilation: tuple[int, int]):
             part = jnp.pad(part, ((0, 0), (r0, height - r1), (c0, width - c1), (0, 0)))
             total = part if total is None else total + part
         return total.astype(x.dtype)
-
-    @jax.custom_vjp
-    def tap_conv(x, kernel):
-        return conv(x, kernel)
-
-    def tap_conv_fwd(x, kernel):
-        return conv(x, kernel), (x, kernel)
 
     def tap_conv_bwd(residual, grad):
         x, kernel = residual
@@ -308,8 +303,7 @@ def _tap_conv_fn(kernel_size: tuple[int, int], dilation: tuple[int, int]):
         dk = jnp.stack([jnp.stack([zero if t is None else t for t in row]) for row in dk])
         return dx.astype(x.dtype), dk.astype(kernel.dtype)
 
-    tap_conv.defvjp(tap_conv_fwd, tap_conv_bwd)
-    return tap_conv
+    return _with_gradient(conv, tap_conv_bwd)
 
 
 #: Output pixels per block of the blocked im2col weight gradient (``_dense_conv_fn``).
@@ -374,20 +368,12 @@ def _dense_conv_fn(kernel_size: tuple[int, int], strides: tuple[int, int], dilat
         zero = jnp.zeros((kh * kw * in_ch, out_ch), jnp.float32)
         return lax.fori_loop(0, out_h // rows, add_block, zero).reshape(kh, kw, in_ch, out_ch)
 
-    @jax.custom_vjp
-    def dense_conv(x, kernel):
-        return conv(x, kernel)
-
-    def dense_conv_fwd(x, kernel):
-        return conv(x, kernel), (x, kernel)
-
     def dense_conv_bwd(residual, grad):
         x, kernel = residual
         (dx,) = jax.vjp(lambda x: conv(x, kernel), x)[1](grad)
         return dx, weight_gradient(x, grad).astype(kernel.dtype)
 
-    dense_conv.defvjp(dense_conv_fwd, dense_conv_bwd)
-    return dense_conv
+    return _with_gradient(conv, dense_conv_bwd)
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -463,7 +449,6 @@ def _depthwise_fn(kernel_size: tuple[int, int], dilation: tuple[int, int]):
     (kernel gradient of the 2x512 decoder's first depthwise convolution alone: 100 -> 29 ms). ``kernel`` is
     (kh, kw, channels); everything is float32.
     """
-    import jax
     from jax import lax
     from jax import numpy as jnp
 
@@ -482,12 +467,8 @@ def _depthwise_fn(kernel_size: tuple[int, int], dilation: tuple[int, int]):
                 total = window * tap if total is None else total + window * tap
         return total
 
-    @jax.custom_vjp
-    def depthwise(x, kernel):
+    def depthwise_forward(x, kernel):
         return stencil(pad(x), kernel, x.shape[1], x.shape[2], flip=False)
-
-    def depthwise_fwd(x, kernel):
-        return depthwise(x, kernel), (x, kernel)
 
     def depthwise_bwd(residual, grad):
         x, kernel = residual
@@ -514,8 +495,7 @@ def _depthwise_fn(kernel_size: tuple[int, int], dilation: tuple[int, int]):
         dk = lax.fori_loop(0, height // rows, add_block, zero)
         return dx, dk.reshape(kernel.shape)
 
-    depthwise.defvjp(depthwise_fwd, depthwise_bwd)
-    return depthwise
+    return _with_gradient(depthwise_forward, depthwise_bwd)
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
