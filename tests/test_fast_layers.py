@@ -211,3 +211,11 @@ def test_im2col_conv_under_mixed_precision_keeps_the_policy():
     _, reference_grads, _ = _value_and_grads(reference, x)
     for a, b in zip(grads, reference_grads, strict=True):
         np.testing.assert_allclose(np.asarray(a, "float32"), b, rtol=5e-2, atol=5e-2)
+
+
+def test_rows_per_block_divides_the_height():
+    assert layers._rows_per_block(16, 4) == 4
+    assert layers._rows_per_block(13, 4) == 1  # a prime height: one row at a time
+    assert layers._rows_per_block(64, 8192, row_size=2 * 64) == 64  # the whole map fits
+    assert layers._rows_per_block(128, 8192, row_size=2 * 128) == 32
+    assert layers._rows_per_block(6, 8192, row_size=10_000) == 1  # not even one row fits: still one

@@ -167,6 +167,11 @@ class SpatialBroadcast(keras.layers.Layer):
 WEIGHT_GRADIENT_BLOCK = 4096
 
 
+def _rows_per_block(rows: int, limit: int, row_size: int = 1) -> int:
+    """The most rows (a divisor of ``rows``, at least 1) whose ``row_size`` elements stay within ``limit``."""
+    return max((r for r in range(1, rows + 1) if rows % r == 0 and r * row_size <= limit), default=1)
+
+
 def _block_size(total: int, target: int) -> int:
     """The largest divisor of ``total`` in [target / 4, target]; ``total`` itself when none (or small)."""
     if total <= target:
@@ -344,7 +349,7 @@ def _dense_conv_fn(kernel_size: tuple[int, int], strides: tuple[int, int], dilat
             x = jnp.pad(x, ((0, 0), _same_padding(kh, dh), _same_padding(kw, dw), (0, 0)))
         batch, out_h, out_w, out_ch = grad.shape
         in_ch = x.shape[3]
-        rows = max((r for r in range(1, out_h + 1) if out_h % r == 0 and batch * r * out_w <= IM2COL_BLOCK), default=1)
+        rows = _rows_per_block(out_h, IM2COL_BLOCK, row_size=batch * out_w)
         span = (rows - 1) * sh + (kh - 1) * dh + 1
 
         def add_block(k, acc):
@@ -446,8 +451,8 @@ def _depthwise_fn(kernel_size: tuple[int, int], dilation: tuple[int, int]):
     memory. Here only the input is kept; the forward and the input gradient (the same stencil over
     the padded gradient with the kernel flipped) are each one fused elementwise loop, and the kernel
     gradient is a loop over blocks of rows that computes all taps of a block while it is in cache
-    (kernel gradient of the 2x512 decoder's first depthwise convolution alone: 100 -> 29 ms). ``kernel`` is
-    (kh, kw, channels); everything is float32.
+    (kernel gradient of the 2x512 decoder's first depthwise convolution alone: 100 -> 29 ms).
+    ``kernel`` is (kh, kw, channels); everything is float32.
     """
     from jax import lax
     from jax import numpy as jnp
@@ -475,7 +480,7 @@ def _depthwise_fn(kernel_size: tuple[int, int], dilation: tuple[int, int]):
         height, width = x.shape[1], x.shape[2]
         dx = stencil(pad(grad), kernel, height, width, flip=True)
         padded = pad(x)
-        rows = next(r for r in range(min(DEPTHWISE_ROW_BLOCK, height), 0, -1) if height % r == 0)
+        rows = _rows_per_block(height, DEPTHWISE_ROW_BLOCK)
 
         def add_block(k, acc):
             xs = lax.dynamic_slice_in_dim(padded, k * rows, rows + 2 * ph, axis=1)
