@@ -311,8 +311,10 @@ def _tap_conv_fn(kernel_size: tuple[int, int], dilation: tuple[int, int]):
     return _with_gradient(conv, tap_conv_bwd)
 
 
-#: Output pixels per block of the blocked im2col weight gradient (``_dense_conv_fn``).
-IM2COL_BLOCK = 8192
+#: Output pixels per block of the blocked im2col weight gradient (``_dense_conv_fn``): one block's
+#: transposed patches (kernel taps x input channels x 1024 floats, 2.4 MB for a 3x3 over 64 channels)
+#: stay in this CPU's 2 MB-per-core L2 / 32 MB L3 while the GEMM reads them.
+IM2COL_BLOCK = 1024
 
 
 def _same_padding(size: int, dilation: int) -> tuple[int, int]:
@@ -328,9 +330,13 @@ def _dense_conv_fn(kernel_size: tuple[int, int], strides: tuple[int, int], dilat
     The forward pass and the input gradient are exactly what autodiff of the stock op gives. XLA:CPU
     computes the weight gradient as a convolution with batch and feature axes swapped, which needs
     transposed copies of the input and of the incoming gradient and runs its kernel with the batch
-    as the innermost axis: the stem's 7x7 over 5 bands took 80 ms at 2x512 (22 ms here). Here a loop
-    over blocks of output rows gathers each block's patches (kh * kw * in columns, in cache) and
-    multiplies them with the block's gradient. ``padding`` is "valid", or "same" with stride 1.
+    as the innermost axis (the stem's 7x7 over 5 bands: 80 ms at 2x512). A weight gradient is
+    patches^T @ grad contracted over pixels, and XLA:CPU's GEMM runs that "transposed-A" product at
+    half the speed of a plain one (16384x576x64: 5.9 vs 2.9 ms). So the input is transposed once to
+    planar (channel, batch, row, column) order, and a loop over blocks of output rows of one image
+    gathers each block's patches already transposed (kernel taps x input channels, pixels) and
+    multiplies them with the block's gradient as a plain GEMM (ResNet-34 3x3 weight gradients at
+    64 channels: 10 -> 6.5 ms). ``padding`` is "valid", or "same" with stride 1.
     """
     import jax
     from jax import lax
@@ -349,29 +355,33 @@ def _dense_conv_fn(kernel_size: tuple[int, int], strides: tuple[int, int], dilat
             x = jnp.pad(x, ((0, 0), _same_padding(kh, dh), _same_padding(kw, dw), (0, 0)))
         batch, out_h, out_w, out_ch = grad.shape
         in_ch = x.shape[3]
-        rows = _rows_per_block(out_h, IM2COL_BLOCK, row_size=batch * out_w)
+        planar = jnp.transpose(x, (3, 0, 1, 2))
+        rows = _rows_per_block(out_h, IM2COL_BLOCK, row_size=out_w)
+        blocks_per_image = out_h // rows
         span = (rows - 1) * sh + (kh - 1) * dh + 1
 
-        def add_block(k, acc):
-            xs = lax.dynamic_slice_in_dim(x, k * rows * sh, span, axis=1)
-            gs = lax.dynamic_slice_in_dim(grad, k * rows, rows, axis=1)
+        def block_gradient(k):
+            image, first_row = k // blocks_per_image, (k % blocks_per_image) * rows
+            window = lax.dynamic_slice(planar, (0, image, first_row * sh, 0), (in_ch, 1, span, planar.shape[3]))[:, 0]
             patches = jnp.concatenate(
                 [
-                    xs[:, i * dh : i * dh + (rows - 1) * sh + 1 : sh, j * dw : j * dw + (out_w - 1) * sw + 1 : sw, :]
+                    window[:, i * dh : i * dh + (rows - 1) * sh + 1 : sh, j * dw : j * dw + (out_w - 1) * sw + 1 : sw]
+                    .reshape(in_ch, rows * out_w)
                     for i in range(kh)
                     for j in range(kw)
                 ],
-                axis=-1,
+                axis=0,
             )
-            return acc + lax.dot_general(
-                patches.reshape(-1, kh * kw * in_ch),
-                gs.reshape(-1, out_ch),
-                (((0,), (0,)), ((), ())),
-                preferred_element_type=jnp.float32,
-            )
+            g = lax.dynamic_slice(grad, (image, first_row, 0, 0), (1, rows, out_w, out_ch))
+            return jnp.matmul(patches, g.reshape(rows * out_w, out_ch), preferred_element_type=jnp.float32)
 
-        zero = jnp.zeros((kh * kw * in_ch, out_ch), jnp.float32)
-        return lax.fori_loop(0, out_h // rows, add_block, zero).reshape(kh, kw, in_ch, out_ch)
+        blocks = batch * blocks_per_image
+        if blocks == 1:
+            total = block_gradient(0)
+        else:
+            zero = jnp.zeros((kh * kw * in_ch, out_ch), jnp.float32)
+            total = lax.fori_loop(0, blocks, lambda k, acc: acc + block_gradient(k), zero)
+        return total.reshape(kh, kw, in_ch, out_ch)
 
     def dense_conv_bwd(residual, grad):
         x, kernel = residual
