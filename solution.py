@@ -599,6 +599,17 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def default_batch_size(device: Device = None) -> int:
+    """Images per forward pass that :func:`maskgeration` uses on ``device`` (default: :func:`default_device`).
+
+    On a CPU one image per pass is fastest: oneDNN keeps one 512x512 image's feature maps in cache,
+    and a pass of 4-16 images took 17-37% longer per image on a 2-core CPU (benchmarks/RESULTS.md,
+    inference table). A GPU wants large batches: 16, i.e. four tiles with their four flipped views.
+    """
+    device = default_device() if device is None else torch.device(device)
+    return 1 if device.type == "cpu" else 16
+
+
 # ---------------------------------------------------------------------------------------------
 # Inference driver (framework-free: any forward function, numpy in and out)
 # ---------------------------------------------------------------------------------------------
@@ -661,18 +672,26 @@ def blend_weights(height: int, width: int, overlap: int) -> np.ndarray:
     return np.outer(ramp(height), ramp(width)).astype(np.float32)
 
 
-def _predict_batch(forward: Forward, batch: np.ndarray, tta: bool) -> np.ndarray:
+def _forward_checked(forward: Forward, images: np.ndarray) -> np.ndarray:
+    out = np.asarray(forward(np.ascontiguousarray(images, dtype=np.float32)), dtype=np.float32)
+    if out.ndim == 4 and out.shape[-1] == 1:
+        out = out[..., 0]
+    if out.shape != images.shape[:3]:
+        raise ValueError(f"forward returned shape {out.shape} for a batch of shape {images.shape}")
+    return out
+
+
+def _predict_batch(forward: Forward, batch: np.ndarray, tta: bool, batch_size: int) -> np.ndarray:
     """Probabilities (N, H, W) of a batch, averaged over the four flips when ``tta``.
 
-    The flipped views go through the network as one batch (4N), which keeps an accelerator busy.
+    The views (N, or 4N with the flips: all unflipped first, then each flip) go through ``forward``
+    at most ``batch_size`` images per call.
     """
     n = len(batch)
     views = np.concatenate([batch, batch[:, :, ::-1], batch[:, ::-1], batch[:, ::-1, ::-1]]) if tta else batch
-    out = np.asarray(forward(np.ascontiguousarray(views, dtype=np.float32)), dtype=np.float32)
-    if out.ndim == 4 and out.shape[-1] == 1:
-        out = out[..., 0]
-    if out.shape != views.shape[:3]:
-        raise ValueError(f"forward returned shape {out.shape} for a batch of shape {views.shape}")
+    out = np.concatenate(
+        [_forward_checked(forward, views[start : start + batch_size]) for start in range(0, len(views), batch_size)]
+    )
     if not tta:
         return out
     return (out[:n] + out[n : 2 * n, :, ::-1] + out[2 * n : 3 * n, ::-1] + out[3 * n :, ::-1, ::-1]) / 4.0
@@ -692,9 +711,10 @@ def predict_tiles(
     Each image is reflect-padded to a multiple of ``multiple``; if a side still exceeds
     ``window`` it is cut into overlapping windows (``window`` x ``window``, at least ``overlap``
     shared pixels) whose predictions are blended with :func:`blend_weights`. Windows (or whole
-    images) of equal size from all ``images`` are batched together, ``batch_size`` per call of
-    ``forward`` (times four views with ``tta``). No-data pixels (:func:`nodata_mask`) get
-    probability 0.
+    images) of equal size from all ``images`` are batched together: ``batch_size`` is the most
+    images per call of ``forward``, where with ``tta`` every window counts four times (its
+    flipped views), so a call holds the views of ``max(1, batch_size // 4)`` windows.
+    No-data pixels (:func:`nodata_mask`) get probability 0.
     """
     if window <= 0 or window % multiple:
         raise ValueError(f"window must be a positive multiple of {multiple}, got {window}")
@@ -720,12 +740,13 @@ def predict_tiles(
         sizes.append(size)
         sums.append(np.zeros((height, width), np.float32))
         weight_sums.append(np.zeros((height, width), np.float32))
+    windows_per_chunk = max(1, batch_size // 4) if tta else batch_size
     for (win_h, win_w), patches in groups.items():
         weights = blend_weights(win_h, win_w, overlap)
-        for start in range(0, len(patches), batch_size):
-            chunk = patches[start : start + batch_size]
+        for start in range(0, len(patches), windows_per_chunk):
+            chunk = patches[start : start + windows_per_chunk]
             batch = np.stack([padded_images[i][y : y + win_h, x : x + win_w] for i, y, x in chunk])
-            for (i, y, x), prob in zip(chunk, _predict_batch(forward, batch, tta)):
+            for (i, y, x), prob in zip(chunk, _predict_batch(forward, batch, tta, batch_size)):
                 sums[i][y : y + win_h, x : x + win_w] += prob * weights
                 weight_sums[i][y : y + win_h, x : x + win_w] += weights
     results = []
@@ -768,13 +789,18 @@ def predict_probabilities(
     tta: bool = True,
     window: int = DEFAULT_WINDOW,
     overlap: int = DEFAULT_OVERLAP,
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    batch_size: Optional[int] = None,
     device: Device = None,
 ) -> np.ndarray:
-    """Glacier probability (H, W) float32 of one raw (H, W, C) image with the PyTorch model."""
+    """Glacier probability (H, W) float32 of one raw (H, W, C) image with the PyTorch model.
+
+    ``batch_size``: images per forward pass (default :func:`default_batch_size` of the device).
+    """
     if device is not None:
         model = model.to(device)
     forward = torch_forward(model, device)
+    if batch_size is None:
+        batch_size = default_batch_size(next(model.parameters()).device)
     probabilities = predict_tiles(
         forward, [image_hwc], tta=tta, window=window, overlap=overlap, batch_size=batch_size
     )
@@ -871,7 +897,7 @@ def maskgeration(
     tta: bool = True,
     window: int = DEFAULT_WINDOW,
     overlap: int = DEFAULT_OVERLAP,
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    batch_size: Optional[int] = None,
     device: Device = None,
     threshold: float = 0.5,
     progress: Optional[bool] = None,
@@ -885,7 +911,8 @@ def maskgeration(
     the weights come from it (from the default weights if that file does not exist) and nothing
     is written; with ``out_dir=None`` nothing is written either. Default weights: ``model.pth``
     next to this file. A pixel is glacier when its probability exceeds ``threshold``;
-    ``progress=None`` shows a bar only on a terminal.
+    ``progress=None`` shows a bar only on a terminal. ``batch_size``: images per forward pass,
+    each flipped view counting as one (default :func:`default_batch_size`: 1 on a CPU, 16 on a GPU).
     """
     output: Optional[str] = None
     if out_dir is not None:
@@ -902,6 +929,11 @@ def maskgeration(
     if output is not None:
         _check_output_folder(output, band_dirs)
     device = default_device() if device is None else torch.device(device)
+    if batch_size is None:
+        batch_size = default_batch_size(device)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    tiles_per_chunk = max(1, batch_size // 4) if tta else batch_size
     model = load_model(weights, device)
     if model.in_channels != len(band_dirs):
         root = os.path.dirname(os.path.normpath(band_dirs[0][1]))
@@ -921,8 +953,8 @@ def maskgeration(
         disable=None if progress is None else not progress,
     )
     with bar:
-        for start in range(0, len(tiles), batch_size):
-            chunk = tiles[start : start + batch_size]
+        for start in range(0, len(tiles), tiles_per_chunk):
+            chunk = tiles[start : start + tiles_per_chunk]
             images = [read_tile_bands(tile) for tile in chunk]
             for tile, image in zip(chunk, images):
                 _check_tile_has_data(tile, image)

@@ -4,8 +4,10 @@ and the Keras model through the same driver.
 Every contender turns the same raw (H, W, 5) tiles into probability maps:
 
 * ``torch batched``: ``solution.predict_tiles`` with ``solution.torch_forward`` (the submission's path),
-  ``batch_size`` tiles per forward pass, times four flipped views with TTA;
-* ``torch batched, channels_last``: the same with the model in channels_last memory format;
+  at most ``batch_size`` images per forward pass, each flipped view counting as one (default 16: the
+  four views of four tiles in one pass);
+* ``torch submission default``: the same with ``solution.default_batch_size`` images per pass, what
+  ``maskgeration`` uses on this device (one on a CPU);
 * ``torch naive``: one tile and one view per forward pass (what a straightforward loop does);
 * ``keras batched``: ``solution.predict_tiles`` fed with ``keras_glacier.inference.keras_forward``
   (the jit-compiled forward that ``keras_glacier.predict`` uses). Its first call per batch shape
@@ -46,7 +48,7 @@ from benchmarks.train_step import NUM_BANDS, STATS
 
 DEFAULT_SIZE = 512
 DEFAULT_TILES = 4
-DEFAULT_BATCH = 4
+DEFAULT_BATCH = 16
 MEMORY_MODES = ("subprocess", "sampled", "off")
 
 
@@ -156,25 +158,29 @@ def measure_memory(fn: Callable[[], object]) -> tuple[float, float]:
     return rss.increase_mb, numpy_peak / 2**20
 
 
-def make_contenders(images, size: int, batch_size: int, tta: bool, naive: bool = True, channels_last: bool = True):
+def default_images_per_pass() -> int:
+    import solution
+
+    return solution.default_batch_size()
+
+
+def make_contenders(images, size: int, batch_size: int, tta: bool, naive: bool = True):
     """name -> callable predicting all ``images``; also whether Keras and torch share weights."""
-    import copy
-
-    import torch
-
     import solution
     from keras_glacier.inference import keras_forward
 
     keras_model, torch_model, shared = build_models()
     torch_fwd = solution.torch_forward(torch_model)
 
-    def batched(forward):
-        return lambda: solution.predict_tiles(forward, images, tta=tta, window=size, overlap=0, batch_size=batch_size)
+    def batched(forward, images_per_pass=batch_size):
+        return lambda: solution.predict_tiles(
+            forward, images, tta=tta, window=size, overlap=0, batch_size=images_per_pass
+        )
 
-    contenders = {"torch batched": batched(torch_fwd)}
-    if channels_last:
-        cl_model = copy.deepcopy(torch_model).to(memory_format=torch.channels_last)
-        contenders["torch batched, channels_last"] = batched(solution.torch_forward(cl_model))
+    contenders = {
+        "torch batched": batched(torch_fwd),
+        "torch submission default": batched(torch_fwd, default_images_per_pass()),
+    }
     if naive:
         contenders["torch naive (1 view/pass)"] = lambda: naive_predict(torch_fwd, images, tta)
     contenders["keras batched"] = batched(keras_forward(keras_model))
@@ -233,7 +239,6 @@ def run(
     rounds: int = 3,
     tta_modes=(False, True),
     naive: bool = True,
-    channels_last: bool = True,
     memory: str = "subprocess",
     seed: int = 0,
 ) -> list[dict]:
@@ -249,7 +254,7 @@ def run(
     rows = []
     for tta in tta_modes:
         load_before = load_average()
-        contenders, shared = make_contenders(images, size, batch_size, tta, naive, channels_last)
+        contenders, shared = make_contenders(images, size, batch_size, tta, naive)
         compile_s, keras_maps = timed(contenders["keras batched"])  # first call per shape compiles
         torch_maps = contenders["torch batched"]()
         max_diff = max(float(np.max(np.abs(a - b))) for a, b in zip(keras_maps, torch_maps))
@@ -262,7 +267,8 @@ def run(
                 "contender": name,
                 "tta": "4 flips" if tta else "off",
                 "tiles": f"{tiles}x{size}x{size}",
-                "batch": 1 if name.startswith("torch naive") else batch_size,
+                "images_per_pass": {"torch naive (1 view/pass)": 1,
+                                    "torch submission default": default_images_per_pass()}.get(name, batch_size),
                 "seconds": seconds,
                 "tiles_per_s": tiles / seconds,
                 "vs_torch_batched": seconds / reference,
@@ -301,11 +307,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "--batch-size",
         type=int,
         default=DEFAULT_BATCH,
-        help="tiles per forward pass for the batched contenders (default 4)",
+        help=f"images per forward pass for the batched contenders, each TTA flip counting as one "
+        f"(default {DEFAULT_BATCH})",
     )
     parser.add_argument("--rounds", type=int, default=None, help="timed rounds per contender (default 3; --quick 1)")
     parser.add_argument("--no-naive", action="store_true", help="skip the one-view-per-pass loop")
-    parser.add_argument("--no-channels-last", action="store_true", help="skip the channels_last torch contender")
     parser.add_argument("--memory", choices=MEMORY_MODES, default=None,
                         help="how to measure peak memory (default subprocess; --quick: sampled)")  # fmt: skip
     parser.add_argument("--probe", default=None, help=argparse.SUPPRESS)  # internal: one memory probe
@@ -321,7 +327,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
         parser.error("--size must be a multiple of 16")
     rows = run(size=size, tiles=args.tiles or (2 if args.quick else DEFAULT_TILES), batch_size=args.batch_size,
                rounds=args.rounds or (1 if args.quick else 3), naive=not args.no_naive,
-               channels_last=not args.no_channels_last,
                memory=args.memory or ("sampled" if args.quick else "subprocess"))  # fmt: skip
     print(markdown_table(rows))
     print()

@@ -371,7 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--window", type=int, default=1024, help="--model: tiling window, a multiple of 16")
     parser.add_argument("--overlap", type=int, default=128, help="--model: minimum overlap of windows")
     parser.add_argument("--batch-size", type=int, default=4,
-                        help="tiles read at a time, and windows per forward pass with --model (default 4)")
+                        help="tiles read at a time, and with --model images per forward pass, each TTA flip counting "
+                             "as one (default 4)")
     parser.add_argument("--worst", type=int, default=DEFAULT_WORST,
                         help=f"number of worst tiles (by per-tile MCC, then IoU) in {WORST_PNG} "
                         f"(default {DEFAULT_WORST})")

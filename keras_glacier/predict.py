@@ -152,7 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP,
                         help=f"minimum overlap of neighbouring windows, blended linearly (default {DEFAULT_OVERLAP})")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
-                        help=f"windows per forward pass, times 4 with TTA (default {DEFAULT_BATCH_SIZE})")
+                        help=f"tiles read at a time, and images per forward pass, each TTA flip counting as one "
+                             f"(default {DEFAULT_BATCH_SIZE})")
     parser.add_argument("--threshold", type=float, default=0.5,
                         help="a pixel is glacier when its probability is strictly above this (default 0.5)")
     parser.add_argument("--bands", type=bands_argument, default=None,

@@ -194,6 +194,30 @@ def test_masks_match_the_network_and_carry_band1_georeferencing(tmp_path, data, 
     assert not [name for name in os.listdir(out) if name.startswith(".")]  # no temporary files left
 
 
+def test_default_batch_on_cpu_is_one_image_per_pass_with_the_same_masks(tmp_path, data, weights, monkeypatch):
+    root, images = data
+    sizes = []
+    real_forward = solution.torch_forward
+
+    def counting_forward(model, device=None, amp=None):
+        forward = real_forward(model, device, amp)
+
+        def run(batch):
+            sizes.append(len(batch))
+            return forward(batch)
+
+        return run
+
+    monkeypatch.setattr(solution, "torch_forward", counting_forward)
+    one_per_pass = maskgeration(band_dict(root), weights=weights, device="cpu", progress=False)
+    assert sizes == [1] * 4 * len(images)  # every tile's four flipped views, one per pass
+    sizes.clear()
+    batched = maskgeration(band_dict(root), weights=weights, device="cpu", batch_size=8, progress=False)
+    assert sizes == [8]
+    for tile_id in images:
+        assert (one_per_pass[tile_id] != batched[tile_id]).mean() < 1e-4
+
+
 def test_shuffled_keys_and_band10_numbering_order_the_channels(tmp_path):
     root = tmp_path / "data"
     image = write_band_dataset(root, ids=("7",), size=(32, 48), channels=10, seed=4, geotags=False)["7"]

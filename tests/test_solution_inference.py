@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 import solution
 from solution import blend_weights, pad_to_multiple, predict_probabilities, predict_tiles, window_starts
@@ -80,11 +81,14 @@ def test_blend_weights_cross_fade_to_one():
     np.testing.assert_array_equal(blend_weights(16, 16, 0), np.ones((16, 16), np.float32))
 
 
+@pytest.mark.parametrize("batch_size", [1, 3, 8])
 @pytest.mark.parametrize("tta", [False, True])
-def test_tiled_equals_untiled_for_a_pixelwise_forward(tta):
+def test_tiled_equals_untiled_for_a_pixelwise_forward(tta, batch_size):
     image = scene(150, 230, seed=3)
     calls = []
-    tiled = predict_tiles(pointwise_forward(calls), [image], tta=tta, window=64, overlap=16, batch_size=3)[0]
+    tiled = predict_tiles(
+        pointwise_forward(calls), [image], tta=tta, window=64, overlap=16, batch_size=batch_size
+    )[0]
     whole = predict_tiles(pointwise_forward(), [image], tta=tta, window=1024)[0]
     assert tiled.shape == whole.shape == (150, 230) and tiled.dtype == np.float32
     np.testing.assert_allclose(tiled, expected_pointwise(image), atol=1e-6)
@@ -92,8 +96,10 @@ def test_tiled_equals_untiled_for_a_pixelwise_forward(tta):
     assert all(shape[1:3] == (64, 64) for shape in calls)
     windows = len(window_starts(160, 64, 16, 16)) * len(window_starts(240, 64, 16, 16))
     assert windows == 15
-    assert max(shape[0] for shape in calls) == (12 if tta else 3)
-    assert sum(shape[0] for shape in calls) == (4 if tta else 1) * windows
+    views = 4 if tta else 1
+    windows_per_call = max(1, batch_size // 4) if tta else batch_size
+    assert max(shape[0] for shape in calls) == min(batch_size, views * windows_per_call)
+    assert sum(shape[0] for shape in calls) == views * windows
 
 
 def test_tta_unflips_each_view():
@@ -109,6 +115,30 @@ def test_tta_unflips_each_view():
 
     prob = predict_tiles(forward, [image], tta=True)[0]
     np.testing.assert_allclose(prob, (image[..., 0] + image[..., 1]) / 4000.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 4])
+def test_tta_passes_of_any_size_match_one_pass(model, batch_size):
+    """Views split over several forward passes are unflipped and averaged exactly as in one pass."""
+    images = [scene(64, 64, seed=s) for s in (11, 12)]
+    forward = solution.torch_forward(model)
+    calls = []
+
+    def counting(batch):
+        calls.append(len(batch))
+        return forward(batch)
+
+    split = predict_tiles(counting, images, tta=True, batch_size=batch_size)
+    whole = predict_tiles(forward, images, tta=True, batch_size=8)
+    assert max(calls) == batch_size and sum(calls) == 8
+    for a, b in zip(split, whole):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_default_batch_size_is_one_image_on_cpu_and_sixteen_on_gpu():
+    assert solution.default_batch_size("cpu") == 1
+    assert solution.default_batch_size("cuda") == 16
+    assert solution.default_batch_size() == (16 if torch.cuda.is_available() else 1)
 
 
 def test_blended_seams_are_smooth():
