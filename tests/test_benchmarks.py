@@ -38,7 +38,7 @@ def test_quick_run_writes_every_table(tmp_path):
         assert column in train
     assert "own process each" in train
     infer = sections[4]
-    for contender in ("torch batched", "torch submission default", "torch naive (1 view/pass)", "keras batched"):
+    for contender in ("torch batched", "torch submission default", "torch naive (1 view/pass)", inference.KERAS):
         assert f"| {contender} | off |" in infer and f"| {contender} | 4 flips |" in infer
     assert "python -m benchmarks --quick" in text
     for key in ("cpu", "cores", "memory", "jax", "keras", "torch", "jax device", "allocator"):
