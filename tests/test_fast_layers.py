@@ -178,6 +178,18 @@ def test_blocked_weight_gradients_equal_stock(monkeypatch, make_fast, make_stock
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
+def test_single_block_weight_gradient_equals_stock():
+    """One image small enough for one block: the weight gradient is one GEMM, no loop."""
+    x = np.random.default_rng(7).normal(size=(1, 12, 10, 6)).astype("float32")
+    assert layers.IM2COL_BLOCK >= 12 * 10
+    fast, stock = _paired(FastConv2D(5, 3, padding="same"), keras.layers.Conv2D(5, 3, padding="same"), x.shape)
+    _, g_fast, jaxpr_fast = _value_and_grads(fast, x)
+    _, g_stock, _ = _value_and_grads(stock, x)
+    assert "custom_vjp_call" in jaxpr_fast
+    for a, b in zip(g_fast, g_stock, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize(
     "kernel,dilation,shape",
     [(3, 1, (2, 13, 7, 5)), (5, (2, 1), (1, 12, 9, 3))],
