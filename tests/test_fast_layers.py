@@ -160,13 +160,18 @@ def test_block_size_divides_the_pixels():
         (lambda: FastConv2D(3, 2, padding="same"), lambda: keras.layers.Conv2D(3, 2, padding="same"), (1, 9, 7, 4)),
         (lambda: FastConv2D(5, 3, padding="same", dilation_rate=6), lambda: keras.layers.Conv2D(
             5, 3, padding="same", dilation_rate=6), (2, 16, 8, 6)),
+        (lambda: FastConv2D(5, 3, padding="same"), lambda: keras.layers.Conv2D(5, 3, padding="same"), (1, 12, 10, 6)),
     ],
-    ids=["pointwise", "pointwise-strided", "stem-7x7-s2", "3x3-s2", "3x3-dilated", "2x2-same-even", "taps"],
+    ids=["pointwise", "pointwise-strided", "stem-7x7-s2", "3x3-s2", "3x3-dilated", "2x2-same-even", "taps",
+         "3x3-one-block"],  # fmt: skip
 )
-def test_blocked_weight_gradients_equal_stock(monkeypatch, make_fast, make_stock, shape):
-    """Small blocks force the loops over pixel / row blocks to run several times."""
-    monkeypatch.setattr(layers, "WEIGHT_GRADIENT_BLOCK", 64)
-    monkeypatch.setattr(layers, "IM2COL_BLOCK", 40)
+def test_blocked_weight_gradients_equal_stock(monkeypatch, request, make_fast, make_stock, shape):
+    """Small blocks force the loops over pixel / row blocks to run several times (one-block: no loop)."""
+    if "one-block" in request.node.callspec.id:
+        assert shape[1] * shape[2] <= layers.IM2COL_BLOCK  # one image within one block: a single GEMM
+    else:
+        monkeypatch.setattr(layers, "WEIGHT_GRADIENT_BLOCK", 64)
+        monkeypatch.setattr(layers, "IM2COL_BLOCK", 40)
     x = np.random.default_rng(5).normal(size=shape).astype("float32")
     fast, stock = _paired(make_fast(), make_stock(), x.shape)
     y_fast, g_fast, jaxpr_fast = _value_and_grads(fast, x)
@@ -174,18 +179,6 @@ def test_blocked_weight_gradients_equal_stock(monkeypatch, make_fast, make_stock
     assert "custom_vjp_call" in jaxpr_fast, "no fast path was taken on JAX CPU"
     np.testing.assert_allclose(y_fast, y_stock, rtol=1e-5, atol=1e-5)
     assert len(g_fast) == len(g_stock) == len(fast.weights) + 1
-    for a, b in zip(g_fast, g_stock, strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
-
-
-def test_single_block_weight_gradient_equals_stock():
-    """One image small enough for one block: the weight gradient is one GEMM, no loop."""
-    x = np.random.default_rng(7).normal(size=(1, 12, 10, 6)).astype("float32")
-    assert layers.IM2COL_BLOCK >= 12 * 10
-    fast, stock = _paired(FastConv2D(5, 3, padding="same"), keras.layers.Conv2D(5, 3, padding="same"), x.shape)
-    _, g_fast, jaxpr_fast = _value_and_grads(fast, x)
-    _, g_stock, _ = _value_and_grads(stock, x)
-    assert "custom_vjp_call" in jaxpr_fast
     for a, b in zip(g_fast, g_stock, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
