@@ -672,6 +672,11 @@ def blend_weights(height: int, width: int, overlap: int) -> np.ndarray:
     return np.outer(ramp(height), ramp(width)).astype(np.float32)
 
 
+def _windows_per_pass(batch_size: int, tta: bool) -> int:
+    """Windows (or tiles) whose views fill a forward pass of ``batch_size`` images: at least one."""
+    return max(1, batch_size // 4) if tta else batch_size
+
+
 def _forward_checked(forward: Forward, images: np.ndarray) -> np.ndarray:
     out = np.asarray(forward(np.ascontiguousarray(images, dtype=np.float32)), dtype=np.float32)
     if out.ndim == 4 and out.shape[-1] == 1:
@@ -740,7 +745,7 @@ def predict_tiles(
         sizes.append(size)
         sums.append(np.zeros((height, width), np.float32))
         weight_sums.append(np.zeros((height, width), np.float32))
-    windows_per_chunk = max(1, batch_size // 4) if tta else batch_size
+    windows_per_chunk = _windows_per_pass(batch_size, tta)
     for (win_h, win_w), patches in groups.items():
         weights = blend_weights(win_h, win_w, overlap)
         for start in range(0, len(patches), windows_per_chunk):
@@ -933,7 +938,7 @@ def maskgeration(
         batch_size = default_batch_size(device)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    tiles_per_chunk = max(1, batch_size // 4) if tta else batch_size
+    tiles_per_chunk = _windows_per_pass(batch_size, tta)
     model = load_model(weights, device)
     if model.in_channels != len(band_dirs):
         root = os.path.dirname(os.path.normpath(band_dirs[0][1]))
