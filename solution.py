@@ -603,8 +603,8 @@ def default_batch_size(device: Device = None) -> int:
     """Images per forward pass that :func:`maskgeration` uses on ``device`` (default: :func:`default_device`).
 
     On a CPU one image per pass is fastest: oneDNN keeps one 512x512 image's feature maps in cache,
-    and a pass of 4-16 images took 17-37% longer per image on a 2-core CPU (benchmarks/RESULTS.md,
-    inference table). A GPU wants large batches: 16, i.e. four tiles with their four flipped views.
+    and passes of 16 images took 13% (no TTA) to 52% (TTA) longer for the same tiles on a 2-core CPU
+    (``python -m benchmarks.inference``). A GPU wants large batches: 16, i.e. four tiles' four views.
     """
     device = default_device() if device is None else torch.device(device)
     return 1 if device.type == "cpu" else 16

@@ -51,7 +51,6 @@ DEFAULT_SIZE = 512
 DEFAULT_TILES = 4
 DEFAULT_BATCH = 16
 KERAS = "keras predict default"
-KERAS_IMAGES_PER_PASS = PREDICT_BATCH_SIZE
 MEMORY_MODES = ("subprocess", "sampled", "off")
 
 
@@ -161,33 +160,28 @@ def measure_memory(fn: Callable[[], object]) -> tuple[float, float]:
     return rss.increase_mb, numpy_peak / 2**20
 
 
-def default_images_per_pass() -> int:
-    import solution
-
-    return solution.default_batch_size()
-
-
 def make_contenders(images, size: int, batch_size: int, tta: bool, naive: bool = True):
-    """name -> callable predicting all ``images``; also whether Keras and torch share weights."""
+    """name -> callable predicting all ``images``; name -> images per forward pass; whether Keras and
+    torch share weights."""
     import solution
     from keras_glacier.inference import keras_forward
 
     keras_model, torch_model, shared = build_models()
     torch_fwd = solution.torch_forward(torch_model)
 
-    def batched(forward, images_per_pass=batch_size):
+    def batched(forward, images_per_pass):
         return lambda: solution.predict_tiles(
             forward, images, tta=tta, window=size, overlap=0, batch_size=images_per_pass
         )
 
-    contenders = {
-        "torch batched": batched(torch_fwd),
-        "torch submission default": batched(torch_fwd, default_images_per_pass()),
-    }
+    per_pass = {"torch batched": batch_size, "torch submission default": solution.default_batch_size()}
+    contenders = {name: batched(torch_fwd, images_per_pass) for name, images_per_pass in per_pass.items()}
     if naive:
         contenders["torch naive (1 view/pass)"] = lambda: naive_predict(torch_fwd, images, tta)
-    contenders[KERAS] = batched(keras_forward(keras_model), KERAS_IMAGES_PER_PASS)
-    return contenders, shared
+        per_pass["torch naive (1 view/pass)"] = 1
+    contenders[KERAS] = batched(keras_forward(keras_model), PREDICT_BATCH_SIZE)
+    per_pass[KERAS] = PREDICT_BATCH_SIZE
+    return contenders, per_pass, shared
 
 
 def _status_mb(field: str) -> float:
@@ -214,7 +208,7 @@ def probe_memory(name: str, size: int, tiles: int, batch_size: int, tta: bool, s
     The peak counter is reset just before the call, so building the models does not count.
     """
     images = make_tiles(tiles, size, seed)
-    contenders, _ = make_contenders(images, size, batch_size, tta)
+    contenders, _, _ = make_contenders(images, size, batch_size, tta)
     if not _reset_peak_rss():
         raise OSError("cannot reset the peak RSS counter (/proc/self/clear_refs); use --memory sampled")
     before = _status_mb("VmRSS")
@@ -257,13 +251,11 @@ def run(
     rows = []
     for tta in tta_modes:
         load_before = load_average()
-        contenders, shared = make_contenders(images, size, batch_size, tta, naive)
+        contenders, per_pass, shared = make_contenders(images, size, batch_size, tta, naive)
         compile_s, keras_maps = timed(contenders[KERAS])  # first call per shape compiles
         torch_maps = contenders["torch batched"]()
         max_diff = max(float(np.max(np.abs(a - b))) for a, b in zip(keras_maps, torch_maps))
         samples = interleaved(contenders, rounds=rounds, warmup=0)
-        per_pass = {"torch naive (1 view/pass)": 1, "torch submission default": default_images_per_pass(),
-                    KERAS: KERAS_IMAGES_PER_PASS}  # fmt: skip
         reference = median(samples["torch batched"])
         load_after = load_average()
         for name, times in samples.items():
@@ -272,7 +264,7 @@ def run(
                 "contender": name,
                 "tta": "4 flips" if tta else "off",
                 "tiles": f"{tiles}x{size}x{size}",
-                "images_per_pass": per_pass.get(name, batch_size),
+                "images_per_pass": per_pass[name],
                 "seconds": seconds,
                 "tiles_per_s": tiles / seconds,
                 "vs_torch_batched": seconds / reference,
