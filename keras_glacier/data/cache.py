@@ -17,7 +17,8 @@ Storage dtype, chosen from the values actually seen:
 
 The dtype is decided from the tiles read so far; if a later tile does not fit, the cache is
 rewritten with the wider type (at most a few times, since the choice only ever widens). The files
-are keyed by a hash of the sample list (ids, paths, file sizes and modification times), the bands,
+are keyed by a hash of the sample list (ids, paths, file sizes and modification times, the task
+and mask layout the labels were read with), the bands,
 the statistics' lo/hi and a format version, are written under temporary names and renamed into
 place, and the JSON metadata is written last: a cache is either complete or absent.
 """
@@ -39,7 +40,7 @@ from keras_glacier.data.fileio import write_json
 from keras_glacier.data.sources import Sample, Window, read_sample
 from keras_glacier.data.stats import BandStats
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 #: Largest float16 rounding error accepted, as a fraction of a band's hi - lo.
 FLOAT16_MAX_ERROR = 1e-3
 _FLOAT16_MAX = 65504.0
@@ -97,6 +98,7 @@ def cache_key(samples: Sequence[Sample], bands: Sequence[int], stats: BandStats)
         "hi": [float(v) for v in stats.hi],
         "ids": [sample.sample_id for sample in samples],
         "files": files,
+        "labels": [[sample.task, sample.mask_layout] for sample in samples],  # how the labels were read
     }
     return hashlib.sha256(json.dumps(payload).encode("utf-8")).hexdigest()
 

@@ -18,11 +18,17 @@ The point is data that behaves like the real problem, not pretty pictures:
   sensor no-data stripes (NaN in every channel, like Landsat 7 SLC-off gaps), and every band gets
   sensor noise.
 
-Channels of the 15-band HKH layout written here (0-based; DEFAULT_BANDS = 1, 2, 3, 5, 9 pick
-B2 blue, B3 green, B4 red, B6 SWIR-1, B10 thermal):
-0 B1 coastal, 1 B2 blue, 2 B3 green, 3 B4 red, 4 B5 NIR, 5 B6 SWIR-1, 6 B7 SWIR-2, 7 B8 pan,
-8 B9 cirrus (reflectance); 9 B10, 10 B11 (brightness temperature, K); 11 NDVI, 12 NDSI, 13 NDWI;
-14 elevation (m).
+* glacial lakes (turbid melt-water ponds next to glacier tongues) are a class of their own in
+  multi-class band-folder labels; HKH masks have no lake channel, so there they are background.
+
+Channels written (the HKH release's published order, Landsat 7 ETM+ numbering, 0-based; see
+``bands.HKH_CHANNELS``): 0 B1 blue, 1 B2 green, 2 B3 red, 3 B4 NIR, 4 B5 SWIR-1, 5 B6_VCID1
+thermal, 6 B6_VCID2 thermal (high gain), 7 B7 SWIR-2, 8 B8 panchromatic (reflectance; thermal as
+brightness temperature in kelvin), 9 BQA (integer quality flags: a "bright" bit on snow and ice
+alike, never on debris), 10 NDVI, 11 NDSI, 12 NDWI, 13 elevation (m), 14 slope (degrees). The
+default preset ``competition`` (B1, B2, B3, B5, B6_VCID1) reads blue, green, red, SWIR-1 and
+thermal, the bands of GlacierHack phase 1. Files: ``slice_<scene>_img_<k>.npy`` (k as ``000``)
+and ``slice_<scene>_mask_<k>.npy``, as the release names them.
 
 Everything is a pure function of ``seed`` (numpy ``default_rng``), so tests and runs see the same data.
 """
@@ -37,18 +43,20 @@ from pathlib import Path
 
 import numpy as np
 
-from keras_glacier.constants import DEFAULT_BANDS
+from keras_glacier.constants import DEFAULT_BANDS, PHASE2_VALUES
+from keras_glacier.data.bands import HKH_CHANNELS
 from keras_glacier.data.fileio import atomic_write
 
-NUM_CHANNELS = 15
-CHANNEL_NAMES = (
-    "B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B9", "B10", "B11", "NDVI", "NDSI", "NDWI", "elevation",
-)  # fmt: skip
+NUM_CHANNELS = len(HKH_CHANNELS)
+CHANNEL_NAMES = HKH_CHANNELS
+MASK_LAYOUTS = ("region", "onehot", "two")
 
 # Classes of the generator: clean ice, firn (old snow on the glacier) and debris are glacier.
-CLEAN_ICE, FIRN, DEBRIS, SNOW, ROCK, VEGETATION, WATER = range(7)
+CLEAN_ICE, FIRN, DEBRIS, SNOW, ROCK, VEGETATION, WATER, LAKE = range(8)
 
-# Mean reflectance of B1..B9 per class (rows follow the class constants above).
+# Mean reflectance per class of the Landsat 8 reflective bands B1..B9 (coastal, blue, green, red,
+# NIR, SWIR-1, SWIR-2, pan, cirrus); the generator draws all nine (its random stream stays as it
+# was) and writes the seven that Landsat 7 has. Rows follow the class constants above.
 _REFLECTANCE = np.array(
     [
         [0.50, 0.48, 0.44, 0.40, 0.30, 0.030, 0.022, 0.42, 0.010],  # clean ice
@@ -58,23 +66,26 @@ _REFLECTANCE = np.array(
         [0.14, 0.14, 0.16, 0.19, 0.24, 0.27, 0.22, 0.17, 0.005],  # rock
         [0.07, 0.06, 0.09, 0.06, 0.33, 0.18, 0.09, 0.08, 0.004],  # vegetation
         [0.09, 0.08, 0.07, 0.05, 0.03, 0.012, 0.008, 0.06, 0.004],  # water
+        [0.15, 0.17, 0.16, 0.11, 0.05, 0.020, 0.012, 0.13, 0.004],  # glacial lake (turbid melt water)
     ],
     dtype=np.float32,
 )
 # Surface temperature (K) at the reference elevation, per class.
-_TEMPERATURE = np.array([266.0, 264.0, 273.0, 263.0, 280.0, 282.0, 276.0], dtype=np.float32)
+_TEMPERATURE = np.array([266.0, 264.0, 273.0, 263.0, 280.0, 282.0, 276.0, 275.0], dtype=np.float32)
 _REFERENCE_ELEVATION = 4500.0
 _LAPSE_RATE = -6.5 / 1000.0  # K per metre
 
 
 @dataclass(frozen=True)
 class DemoTile:
-    """One generated tile: ``image`` (H, W, 15) float32, ``mask`` (H, W, 3) uint8 in the HKH layout."""
+    """One generated tile: ``image`` (H, W, 15) float32, ``mask`` (H, W, 3) uint8 [clean ice, debris,
+    HKH region], ``classes`` (H, W) the generator's classes (CLEAN_ICE ... LAKE)."""
 
     scene: int
     index: int
     image: np.ndarray
     mask: np.ndarray
+    classes: np.ndarray | None = None
 
 
 def smooth_field(rng: np.random.Generator, shape: tuple[int, int], scale: float) -> np.ndarray:
@@ -94,8 +105,27 @@ def _grid(tiles: int) -> tuple[int, int]:
     return int(np.ceil(tiles / cols)), cols
 
 
+def _blur(field: np.ndarray, scale: float) -> np.ndarray:
+    """Gaussian blur (FFT, periodic edges) with standard deviation ``scale`` pixels."""
+    ky = np.fft.fftfreq(field.shape[0])[:, None]
+    kx = np.fft.rfftfreq(field.shape[1])[None, :]
+    envelope = np.exp(-0.5 * (2 * np.pi * scale) ** 2 * (kx**2 + ky**2))
+    return np.fft.irfft2(np.fft.rfft2(field) * envelope, s=field.shape)
+
+
+def _glacial_lakes(
+    rng: np.random.Generator, glacier: np.ndarray, rel: np.ndarray, s: float
+) -> np.ndarray:
+    """Melt-water lakes off the glacier but next to it, below the snowline (where tongues end).
+
+    Drawn from their own random stream, so the rest of a scene is what it was before lakes existed.
+    """
+    near = _blur(glacier.astype(np.float64), 4 * s) > 0.04
+    return ~glacier & near & (rel < 0.2) & (smooth_field(rng, glacier.shape, 5 * s) > 0.9)
+
+
 def _scene(
-    rng: np.random.Generator, shape: tuple[int, int], size: int
+    rng: np.random.Generator, shape: tuple[int, int], size: int, lake_rng: np.random.Generator | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One scene canvas: image (H, W, 15) float32, HKH mask (H, W, 3) uint8, class map (H, W)."""
     height, width = shape
@@ -130,6 +160,8 @@ def _scene(
     classes[glacier & ~debris & ~firn] = CLEAN_ICE
     classes[firn] = FIRN
     classes[debris] = DEBRIS
+    if lake_rng is not None:
+        classes[_glacial_lakes(lake_rng, glacier, rel, s)] = LAKE
 
     # Reflective bands: class spectrum x texture x topographic shading, plus sensor noise.
     gy, gx = np.gradient(elevation / 30.0)
@@ -153,14 +185,15 @@ def _scene(
     def index(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return (a - b) / np.maximum(a + b, 1e-3)
 
-    blue, green, red, nir, swir = (reflect[..., k] for k in (1, 2, 3, 4, 5))
-    image = np.concatenate(
-        [
-            reflect,
-            np.stack([b10, b11, index(nir, red), index(green, swir), index(green, nir), elevation], axis=-1),
-        ],
+    blue, green, red, nir, swir, swir2, pan = (reflect[..., k] for k in (1, 2, 3, 4, 5, 6, 7))
+    # BQA: integer flags; the "bright surface" bit fires on snow and clean ice alike (never debris).
+    bqa = 672.0 + 1024.0 * (green > 0.35)
+    slope = np.degrees(np.arctan(np.hypot(gx, gy)))
+    image = np.stack(
+        [blue, green, red, nir, swir, b10, b11, swir2, pan, bqa,
+         index(nir, red), index(green, swir), index(green, nir), elevation, slope],
         axis=-1,
-    ).astype(np.float32)
+    ).astype(np.float32)  # fmt: skip
 
     # HKH region: some scenes are cut by a (slightly curved) region boundary.
     region = np.ones(shape, dtype=bool)
@@ -192,31 +225,70 @@ def demo_tiles(scenes: int = 4, tiles_per_scene: int = 4, size: int = 64, seed: 
     shape = ((rows - 1) * stride + size, (cols - 1) * stride + size)
     for scene in range(scenes):
         rng = np.random.default_rng([seed, scene])
-        image, mask, _ = _scene(rng, shape, size)
+        image, mask, classes = _scene(rng, shape, size, lake_rng=np.random.default_rng([seed, scene, 1]))
         for k in range(tiles_per_scene):
             r, c = divmod(k, cols)
             window = np.s_[r * stride : r * stride + size, c * stride : c * stride + size]
             tile_image = image[window].copy()
             if rng.random() < 0.2:
                 _nodata_stripes(rng, tile_image)
-            yield DemoTile(scene, k, tile_image, mask[window].copy())
+            yield DemoTile(scene, k, tile_image, mask[window].copy(), classes[window].copy())
+
+
+def _mask_in_layout(mask: np.ndarray, layout: str) -> np.ndarray:
+    """The generator's [clean ice, debris, HKH region] mask written in another layout (``layouts.py``)."""
+    clean, debris, region = (mask[..., k].astype(bool) for k in range(3))
+    if layout == "region":
+        return mask
+    if layout == "onehot":  # outside the region: all three channels 0
+        return np.stack([clean & region, debris & region, ~(clean | debris) & region], axis=-1).astype(np.uint8)
+    if layout == "two":  # no region: every pixel is labelled
+        return np.stack([clean, debris], axis=-1).astype(np.uint8)
+    raise ValueError(f"mask layout {layout!r}: expected one of {', '.join(MASK_LAYOUTS)}")
 
 
 def make_demo_dataset(
-    out_dir: str | os.PathLike, scenes: int = 4, tiles_per_scene: int = 4, size: int = 64, seed: int = 0
+    out_dir: str | os.PathLike, scenes: int = 4, tiles_per_scene: int = 4, size: int = 64, seed: int = 0,
+    mask_layout: str = "region", dtype: np.dtype | type = np.float32,
 ) -> Path:
-    """Write an HKH-layout dataset: ``slice_<scene>_image_<k>.npy`` (H, W, 15) and ``..._mask_<k>.npy``."""
+    """Write an HKH-release-style dataset: ``slice_<scene>_img_<k>.npy`` (H, W, 15) and ``slice_<scene>_mask_<k>.npy``.
+
+    ``mask_layout``: region (default), onehot or two (``layouts.py``); ``dtype`` of the images
+    (float64 like parts of the release, NaN no-data either way).
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for tile in demo_tiles(scenes, tiles_per_scene, size, seed):
-        for kind, array in (("image", tile.image), ("mask", tile.mask)):
-            atomic_write(out / f"slice_{tile.scene}_{kind}_{tile.index}.npy", partial(np.save, arr=array))
+        mask = _mask_in_layout(tile.mask, mask_layout)
+        for kind, array in (("img", tile.image.astype(dtype)), ("mask", mask)):
+            atomic_write(out / f"slice_{tile.scene}_{kind}_{tile.index:03d}.npy", partial(np.save, arr=array))
     return out
 
 
 #: File-name prefixes of the band folders in the GlacierHack test data (Band1 holds B2, ..., Band5 B10).
 BAND_FOLDER_PREFIXES = ("B2_B2_masked_", "B3_B3_masked_", "B4_B4_masked_", "B6_B6_masked_", "B10_B10_masked_")
 LABEL_PREFIX = "Y_output_resized_"
+#: Generator class -> phase-2 value in multi-class band-folder labels (everything else background).
+_PHASE2_OF_CLASS = {
+    CLEAN_ICE: PHASE2_VALUES["glacier"], FIRN: PHASE2_VALUES["glacier"], DEBRIS: PHASE2_VALUES["debris"],
+    LAKE: PHASE2_VALUES["lake"],
+}  # fmt: skip
+
+
+def band_folder_label(tile: DemoTile, task: str = "binary") -> np.ndarray:
+    """The uint8 label of a demo tile as band folders carry it.
+
+    binary: 0/255, glacier inside the HKH region (the demo's band folders always had this cut).
+    multiclass: the phase-2 values 0/85/170/255 (background, glacier, debris, lake) over the whole
+    tile: a band-folder label has no "ignore" value, and GlacierHack's labels cover whole tiles, so
+    the class map is written as it is rather than calling glaciers beyond the region background.
+    """
+    if task == "binary":
+        return ((tile.mask[..., 0] | tile.mask[..., 1]) & tile.mask[..., 2]).astype(np.uint8) * 255
+    lookup = np.zeros(LAKE + 1, np.uint8)
+    for generator_class, value in _PHASE2_OF_CLASS.items():
+        lookup[generator_class] = value
+    return lookup[tile.classes]
 
 
 def make_demo_band_folders(
@@ -226,15 +298,20 @@ def make_demo_band_folders(
     seed: int = 0,
     with_labels: bool = True,
     scenes: int | None = None,
+    task: str = "binary",
 ) -> Path:
     """Write GlacierHack-style band folders of float32 TIFFs from the same scenes as the npy demo.
 
-    ``Band<k>/<prefix><scene>_<tile>.tif`` holds channel ``DEFAULT_BANDS[k-1]``, with a different file
-    name prefix in each folder like the real data; ``label/Y_output_resized_<id>.tif`` is uint8 0/255
-    (glacier inside the HKH region). Tile ids look like ``02_07`` (scene 02, tile 07).
+    ``Band<k>/<prefix><scene>_<tile>.tif`` holds channel ``DEFAULT_BANDS[k-1]`` (blue, green, red,
+    SWIR-1, thermal, named B2, B3, B4, B6, B10 by their prefixes as GlacierHack's Landsat 8 files
+    are), with a different file name prefix in each folder like the real data;
+    ``label/Y_output_resized_<id>.tif`` is uint8, see :func:`band_folder_label` (``task`` binary:
+    0/255; multiclass: 0/85/170/255 with lakes). Tile ids look like ``02_07`` (scene 02, tile 07).
     """
     import tifffile
 
+    if task not in ("binary", "multiclass"):
+        raise ValueError(f"task {task!r}: expected binary or multiclass")
     scenes = scenes or max(1, int(np.ceil(tiles / 4)))
     per_scene = int(np.ceil(tiles / scenes))
     out = Path(out_dir)
@@ -248,6 +325,6 @@ def make_demo_band_folders(
         for folder, prefix, channel in zip(folders, BAND_FOLDER_PREFIXES, DEFAULT_BANDS):
             atomic_write(folder / f"{prefix}{tile_id}.tif", partial(tifffile.imwrite, data=tile.image[..., channel]))
         if with_labels:
-            glacier = ((tile.mask[..., 0] | tile.mask[..., 1]) & tile.mask[..., 2]).astype(np.uint8) * 255
-            atomic_write(out / "label" / f"{LABEL_PREFIX}{tile_id}.tif", partial(tifffile.imwrite, data=glacier))
+            label = band_folder_label(tile, task)
+            atomic_write(out / "label" / f"{LABEL_PREFIX}{tile_id}.tif", partial(tifffile.imwrite, data=label))
     return out

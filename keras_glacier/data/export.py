@@ -4,8 +4,9 @@ The use is an end-to-end check of the submission: export the validation tiles of
 slices or band folders alike), run ``solution.maskgeration`` on the copy, and score its masks.
 
 Layout written: ``Band<k>/tile_<id>.tif`` (float32, the k-th selected band, raw values, NaN
-no-data kept) and ``label/tile_<id>.tif`` (uint8 0/255). The id is the run of numbers in the
-sample id (``slice_3_image_2`` -> ``3_2``, ``02_07`` stays ``02_07``), so ``solution.py`` pairs
+no-data kept) and ``label/tile_<id>.tif`` (uint8: 0/255 for the binary task, the phase-2 value of
+each class for the multi-class task, ``constants.class_values``). The id is the run of numbers in
+the sample id (``slice_3_img_002`` -> ``3_002``, ``02_07`` stays ``02_07``), so ``solution.py`` pairs
 the files of a tile, names its mask ``tile_<id>.tif`` and ``discover`` gives the copy the same
 scenes as the source.
 
@@ -25,9 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
+from keras_glacier.constants import IGNORE_INDEX, class_values
 from keras_glacier.data.bands import check_bands
 from keras_glacier.data.errors import InputError
 from keras_glacier.data.fileio import atomic_write
+from keras_glacier.data.layouts import class_names
 from keras_glacier.data.sources import Sample, read_sample
 
 LABEL_FOLDER = "label"
@@ -38,6 +41,15 @@ def export_tile_id(sample: Sample) -> str:
     """The numbers of the sample id joined by ``_``: what ``solution.tile_id_from_name`` reads back."""
     numbers = re.findall(r"\d+", sample.sample_id)
     return "_".join(numbers) if numbers else sample.sample_id
+
+
+def label_values(sample: Sample) -> np.ndarray:
+    """Label index -> value written (a 256-entry table; ignored pixels are written as background 0)."""
+    table = np.zeros(256, np.uint8)
+    values = class_values(class_names(sample.kind, sample.task))
+    table[: len(values)] = values
+    table[IGNORE_INDEX] = 0
+    return table
 
 
 def _prepare_folder(out: Path, folders: Sequence[str], overwrite: bool) -> None:
@@ -88,6 +100,6 @@ def export_band_folders(
             band = np.ascontiguousarray(image[..., channel])
             atomic_write(out / folder / name, partial(tifffile.imwrite, data=band))
         if with_labels:
-            glacier = np.where(label == 1, 255, 0).astype(np.uint8)
-            atomic_write(out / LABEL_FOLDER / name, partial(tifffile.imwrite, data=glacier))
+            encoded = label_values(sample)[label]
+            atomic_write(out / LABEL_FOLDER / name, partial(tifffile.imwrite, data=encoded))
     return ids
