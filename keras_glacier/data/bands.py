@@ -175,6 +175,8 @@ def resolve_band_spec(spec: BandSpec | Sequence[int | str], names: Sequence[str]
                 raise InputError(f"{prefix}unknown band {item!r}: {valid}")
             resolved.append(lookup[item.lower()] if isinstance(item, str) else int(item))
         indices = tuple(resolved)
+    if len(set(indices)) != len(indices):
+        raise InputError(f"{prefix}bands {list(indices)} ({', '.join(map(str, spec))}): a band is listed twice")
     indices = check_bands(indices)
     if max(indices) >= len(names):
         raise InputError(f"{prefix}bands {list(indices)} go beyond the {len(names)} channels; {valid}")
@@ -190,7 +192,10 @@ def band_names_mismatch(model_names: Sequence[str], data_names: Sequence[str]) -
     """
     model_names, data_names = list(model_names), list(data_names)
     if len(model_names) != len(data_names):
-        return f"the model takes {len(model_names)} bands ({', '.join(model_names)}) but the data has {len(data_names)}"
+        return (
+            f"the model takes {len(model_names)} bands ({', '.join(model_names)}) but the data has "
+            f"{len(data_names)} ({', '.join(data_names)})"
+        )
     model_system, data_system = numbering(model_names), numbering(data_names)
     for model_name, data_name in zip(model_names, data_names):
         if _GENERIC.match(model_name) or _GENERIC.match(data_name):
