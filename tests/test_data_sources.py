@@ -1,4 +1,5 @@
-"""Finding, pairing and reading tiles: both layouts, and every bad input as a named InputError."""
+"""Finding, pairing and reading tiles: both dataset layouts, both HKH naming schemes, band names, tasks,
+and every bad input as a named one-line InputError."""
 
 import os
 import shutil
@@ -8,6 +9,7 @@ import pytest
 import tifffile
 
 from keras_glacier.constants import DEFAULT_BANDS, IGNORE_INDEX
+from keras_glacier.data.demo import make_demo_band_folders, make_demo_dataset
 from keras_glacier.data.errors import InputError
 from keras_glacier.data.sources import NPY, TIFF, discover, read_sample, tile_scene_id
 
@@ -65,8 +67,8 @@ def test_npy_pairs_by_numeric_ids_not_by_name_order(tmp_path):
 
 def test_npy_reads_only_the_window_and_marks_region_and_nodata(tmp_path):
     image, mask = slice_arrays(1, 2)
-    image[0, 0, 3] = np.nan  # a selected band: no-data
-    image[0, 1, 0] = np.nan  # an unselected band: still valid
+    image[0, 0, 4] = np.nan  # a selected band: no-data
+    image[0, 1, 3] = np.nan  # an unselected band: still valid
     image[1, 0] = 0.0  # all channels zero: no-data
     mask[2, 2, 2] = 0  # outside the region
     write_slice(tmp_path, 1, 2, image=image, mask=mask)
@@ -105,7 +107,8 @@ def test_tiff_matches_differently_named_band_files_and_orders_folders_by_number(
         write_band_tile(tmp_path, "labels", f"Y_output_resized_{tile_id}.tif", label)
     source = discover(tmp_path)
     assert source.kind == TIFF
-    assert source.band_names == tuple(f"Band{b}" for b in range(1, bands + 1))  # Band10 last, not after Band1
+    # Named by the files' prefixes (B2 in B2_B2_masked_...), in band-folder order: Band10 last, not after Band1.
+    assert source.band_names == tuple(f"B{b + 1}" for b in range(1, bands + 1))
     assert source.default_bands == tuple(range(bands))
     assert [s.sample_id for s in source.samples] == ids
     assert [s.scene_id for s in source.samples] == ["02", "03"]
@@ -117,13 +120,15 @@ def test_tiff_matches_differently_named_band_files_and_orders_folders_by_number(
         assert label.sum() == 1 and label[n, n] == 1
     image, _ = read_sample(source.samples[0], source.resolve_bands([9, 0]))
     np.testing.assert_array_equal(image[0, 0], [1000, 100])
-    with pytest.raises(InputError, match="must be below 10"):
+    assert source.resolve_bands("B11,b2") == (9, 0)
+    with pytest.raises(InputError, match=r"bands \[0, 1, 2, 4, 5, 10\] go beyond the 10 channels"):
         source.resolve_bands(DEFAULT_BANDS + (10,))
 
 
 def test_demo_tiff_source(demo_tiff_source, demo_npy_root):
     assert demo_tiff_source.kind == TIFF and demo_tiff_source.has_labels
-    assert demo_tiff_source.band_names == ("Band1", "Band2", "Band3", "Band4", "Band5")
+    assert demo_tiff_source.band_names == ("B2", "B3", "B4", "B6", "B10")  # GlacierHack's Landsat 8 names
+    assert demo_tiff_source.select_bands("competition").indices == (0, 1, 2, 3, 4)
     sample = demo_tiff_source.samples[0]
     assert [os.path.basename(p) for p in sample.image_paths] == [
         "B2_B2_masked_00_00.tif", "B3_B3_masked_00_00.tif", "B4_B4_masked_00_00.tif", "B6_B6_masked_00_00.tif",
@@ -131,8 +136,8 @@ def test_demo_tiff_source(demo_tiff_source, demo_npy_root):
     ]  # fmt: skip
     assert os.path.basename(sample.label_path) == "Y_output_resized_00_00.tif"
     image, label = read_sample(sample, demo_tiff_source.default_bands)
-    # Same scene generator as the npy demo: tile 00_00 is slice_0_image_0 (bands 1, 2, 3, 5, 9).
-    npy_image = np.load(demo_npy_root / "slice_0_image_0.npy")[..., list(DEFAULT_BANDS)]
+    # Same scene generator as the npy demo: tile 00_00 is slice_0_img_000 (preset competition).
+    npy_image = np.load(demo_npy_root / "slice_0_img_000.npy")[..., list(DEFAULT_BANDS)]
     np.testing.assert_array_equal(image, npy_image)
     assert set(np.unique(label)) <= {0, 1, IGNORE_INDEX}
 
@@ -172,7 +177,7 @@ def test_missing_and_empty_folders(tmp_path):
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "photo.png").write_bytes(b"x")
     (tmp_path / "other" / "misc").mkdir()
-    with pytest.raises(InputError, match=r"other: no slice_<i>_image_<j>\.npy files and no Band1\.\.BandN folders"):
+    with pytest.raises(InputError, match=r"other: no slice_<scene>_img_<k>\.npy or slice_<i>_image_<j>\.npy files"):
         discover(tmp_path / "other")
     assert issubclass(InputError, ValueError)
 
@@ -198,9 +203,10 @@ def test_image_without_mask_and_mask_without_image(tmp_path):
 @pytest.mark.parametrize(
     ("image", "mask", "message"),
     [
-        (np.zeros((SIZE, SIZE, 4), np.float32), None, r"slice_1_image_1\.npy: has 4 channels, but bands"),
+        (np.zeros((SIZE, SIZE, 4), np.float32), None, r"slice_1_image_1\.npy: preset competition needs blue, .*"
+         r"this dataset's bands are channel0, channel1, channel2, channel3"),
         (np.zeros((SIZE, SIZE), np.float32), None, r"slice_1_image_1\.npy: expected an \(H, W, channels\) image"),
-        (None, np.zeros((SIZE, SIZE, 2), np.uint8), r"slice_1_mask_1\.npy: expected an \(H, W, 3\) mask"),
+        (None, np.zeros((SIZE, SIZE, 4), np.uint8), r"slice_1_mask_1\.npy: a mask of shape \(8, 8, 4\) fits no"),
         (None, np.full((SIZE, SIZE, 3), 7, np.uint8), r"slice_1_mask_1\.npy: mask values must be 0 or 1"),
         (None, np.ones((SIZE, SIZE + 1, 3), np.uint8), r"slice_1_mask_1\.npy: mask size \(8, 9\) differs"),
         (np.full((SIZE, SIZE, 15), np.nan, np.float32), None, r"slice_1_image_1\.npy: every pixel is NaN/inf"),
@@ -329,3 +335,113 @@ def test_unusual_npy_headers_fall_back_to_numpy(tmp_path):
     np.save(objects, np.array([{"x": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(InputError, match="o.npy: cannot read .npy file"):
         sources._load_npy(str(objects))
+
+
+# ----------------------------------------------------------------------------------------------
+# The HKH release as published: its naming, float64 with NaN, its mask layouts, the tasks.
+# ----------------------------------------------------------------------------------------------
+
+
+def test_release_naming_pairs_by_scene_and_index(tmp_path):
+    write_slice(tmp_path, 3, 7, image_name="slice_3_img_007.npy", mask_name="slice_03_mask_7.npy")
+    write_slice(tmp_path, 3, 10, image_name="slice_3_img_010.npy", mask_name="slice_3_mask_010.npy")
+    write_slice(tmp_path, 5, 2, image_name="slice_LE07_134040_img_002.npy", mask_name="slice_LE07_134040_mask_002.npy")
+    source = discover(tmp_path)
+    assert [s.sample_id for s in source.samples] == ["slice_3_img_007", "slice_3_img_010", "slice_LE07_134040_img_002"]
+    assert [s.scene_id for s in source.samples] == ["slice_3", "slice_3", "slice_LE07_134040"]
+    assert [os.path.basename(s.label_path) for s in source.samples] == [
+        "slice_03_mask_7.npy", "slice_3_mask_010.npy", "slice_LE07_134040_mask_002.npy",
+    ]  # fmt: skip
+    for sample, (i, j) in zip(source.samples, [(3, 7), (3, 10), (5, 2)]):
+        image, label = read_sample(sample, DEFAULT_BANDS)
+        expected_image, expected_mask = slice_arrays(i, j)
+        np.testing.assert_array_equal(image, expected_image[..., list(DEFAULT_BANDS)])
+        np.testing.assert_array_equal(label, expected_mask[..., 0] | expected_mask[..., 1])
+    assert source.band_names[5] == "B6_VCID1" and source.mask_layout == "region"
+
+
+def test_both_naming_schemes_in_one_folder_are_one_line_error_naming_one_of_each(tmp_path):
+    write_slice(tmp_path, 1, 1)
+    write_slice(tmp_path, 2, 1, image_name="slice_2_img_001.npy")
+    with pytest.raises(InputError, match=r"two slice naming schemes in one folder \(slice_2_img_001\.npy and "
+                       r"slice_1_image_1\.npy\); keep one$") as error:
+        discover(tmp_path)
+    assert "\n" not in str(error.value)
+
+
+def test_release_image_without_mask_names_the_expected_mask(tmp_path):
+    write_slice(tmp_path, 1, 1, image_name="slice_1_img_001.npy", mask=False)
+    with pytest.raises(InputError, match=r"slice_1_img_001\.npy: no mask file slice_1_mask_1\.npy"):
+        discover(tmp_path)
+
+
+def test_float64_slices_with_nan_read_as_float32_with_nan_ignored(tmp_path):
+    image, mask = slice_arrays(1, 1)
+    image = image.astype(np.float64)
+    image[:2] = np.nan  # outside the scene footprint
+    names = {"image_name": "slice_1_img_001.npy", "mask_name": "slice_1_mask_001.npy"}
+    write_slice(tmp_path, 1, 1, image=image, mask=mask, **names)
+    read, label = read_sample(discover(tmp_path).samples[0], DEFAULT_BANDS)
+    assert read.dtype == np.float32 and np.isnan(read[:2]).all()
+    np.testing.assert_array_equal(read[2:], image[2:][..., list(DEFAULT_BANDS)].astype(np.float32))
+    assert (label[:2] == IGNORE_INDEX).all() and not (label[2:] == IGNORE_INDEX).any()
+
+
+def test_every_mask_layout_gives_the_same_labels_of_the_demo(tmp_path):
+    region = discover(make_demo_dataset(tmp_path / "r", scenes=2, tiles_per_scene=2, size=32))
+    onehot = discover(make_demo_dataset(tmp_path / "o", scenes=2, tiles_per_scene=2, size=32, mask_layout="onehot"))
+    two = discover(make_demo_dataset(tmp_path / "t", scenes=2, tiles_per_scene=2, size=32, mask_layout="two"))
+    assert (region.mask_layout, onehot.mask_layout, two.mask_layout) == ("region", "onehot", "two")
+    for task in ("binary", "multiclass"):
+        for a, b, c in zip(region.samples, onehot.samples, two.samples):
+            _, la = read_sample(a, DEFAULT_BANDS, task=task)
+            _, lb = read_sample(b, DEFAULT_BANDS, task=task)
+            _, lc = read_sample(c, DEFAULT_BANDS, task=task)
+            np.testing.assert_array_equal(la, lb)  # same pixels ignored outside the region
+            scored = la != IGNORE_INDEX
+            np.testing.assert_array_equal(lc[scored], la[scored])  # no region in "two": only no-data ignored
+    assert any((read_sample(s, DEFAULT_BANDS)[1] == IGNORE_INDEX).mean() > 0.2 for s in region.samples)
+
+
+def test_a_onehot_dataset_forced_to_region_is_refused_at_discovery(tmp_path):
+    root = make_demo_dataset(tmp_path, scenes=2, tiles_per_scene=2, size=32, mask_layout="onehot")
+    with pytest.raises(InputError, match=r"slice_\d_mask_00\d\.npy: not a region mask .*outside the HKH region.*"
+                       r"it looks like onehot$"):
+        discover(root, mask_layout="region")
+
+
+def test_multiclass_hkh_classes_and_labels(tmp_path):
+    root = make_demo_dataset(tmp_path, scenes=1, tiles_per_scene=2, size=32, mask_layout="onehot", dtype=np.float64)
+    source = discover(root, task="multiclass")
+    assert source.class_names == ("background", "clean_ice", "debris") and source.class_values == (0, 85, 170)
+    assert discover(root).class_names == ("background", "glacier") and discover(root).class_values == (0, 255)
+    for sample in source.samples:
+        mask = np.load(sample.label_path)
+        image, label = read_sample(sample, source.default_bands)
+        valid = mask.any(axis=-1) & np.isfinite(image).all(axis=-1)
+        expected = np.where(mask[..., 1] == 1, 2, np.where(mask[..., 0] == 1, 1, 0))
+        np.testing.assert_array_equal(label[valid], expected[valid])
+        assert (label[~valid] == IGNORE_INDEX).all()
+
+
+def test_multiclass_band_folders_and_a_value_outside_the_encoding(tmp_path):
+    root = make_demo_band_folders(tmp_path / "d", tiles=4, size=32, task="multiclass")
+    source = discover(root, task="multiclass")
+    assert source.class_names == ("background", "glacier", "debris", "lake")
+    assert source.class_values == (0, 85, 170, 255)
+    seen = set()
+    for sample in source.samples:
+        raw = tifffile.imread(sample.label_path)
+        _, label = read_sample(sample, source.default_bands)
+        seen |= set(np.unique(raw).tolist())
+        np.testing.assert_array_equal(np.array([0, 85, 170, 255])[np.minimum(label, 3)][label != IGNORE_INDEX],
+                                      raw[label != IGNORE_INDEX])
+    assert seen == {0, 85, 170, 255}
+    bad = source.samples[1].label_path
+    raw = tifffile.imread(bad)
+    raw[0, :3] = 42
+    tifffile.imwrite(bad, raw)
+    with pytest.raises(InputError, match=r"Y_output_resized_00_01\.tif: multi-class label values must be "
+                       r"0 background/85 glacier/170 debris/255 lake, found \[0, 42, ") as error:
+        read_sample(source.samples[1], source.default_bands)
+    assert "\n" not in str(error.value)

@@ -126,7 +126,9 @@ class DatasetSource:
         """Resolve a band spec (preset, names, indices, ``--bands`` text; None: default) to indices and names."""
         if spec is None:
             spec = "all" if self.kind == TIFF else DEFAULT_BAND_PRESET
-        return resolve_band_spec(spec, self.band_names, where=str(self.root))
+        # npy channel names come from the first image's header: errors name that file.
+        where = self.samples[0].image_paths[0] if self.kind == NPY and self.samples else str(self.root)
+        return resolve_band_spec(spec, self.band_names, where=where)
 
     def resolve_bands(self, bands: BandSpec | Sequence[int | str] = None) -> tuple[int, ...]:
         """The channel indices to read: ``bands`` (any spec :meth:`select_bands` takes) or the default."""
