@@ -53,7 +53,9 @@ def test_spatial_transforms_keep_image_and_label_aligned():
 
 
 def test_albumentations_would_clip_raw_values():
-    """The trap this module avoids: pixel-level transforms on raw values clip them to [0, 1]."""
+    """Guards the augment scale decision (pixel-level transforms run on the unit scale, augment.py):
+    albumentations clips raw values to [0, 1]. If a release stops clipping, this fails, and the
+    round trip through the unit scale can be reconsidered."""
     A = _albumentations()
     transform = A.Compose([A.RandomBrightnessContrast(brightness_limit=0.1, contrast_limit=0.1, p=1.0)], seed=0)
     out = transform(image=raw_image())["image"]

@@ -31,9 +31,10 @@ def test_npy_tiles_round_trip_through_band_folders(demo_npy_source, tmp_path):
     exported = export_band_folders(samples, DEFAULT_BANDS, tmp_path / "bands")
 
     copy = discover(tmp_path / "bands")
+    # tile_<id>.tif carries no band name: the bands are named by their folders.
     assert copy.kind == TIFF and copy.band_names == ("Band1", "Band2", "Band3", "Band4", "Band5")
     assert copy.has_labels and sorted(exported) == sorted(s.sample_id for s in copy.samples)
-    assert exported["2_3"].sample_id == "slice_2_image_3"
+    assert exported["2_003"].sample_id == "slice_2_img_003"
     by_id = {s.sample_id: s for s in copy.samples}
     for tile_id, original in exported.items():
         assert by_id[tile_id].name == f"tile_{tile_id}.tif"
@@ -73,7 +74,7 @@ def test_a_second_export_needs_overwrite_and_leaves_no_stale_tile(demo_npy_sourc
     assert len(discover(tmp_path).samples) == 4
 
     export_band_folders(second, DEFAULT_BANDS, tmp_path, overwrite=True)
-    assert sorted(s.sample_id for s in discover(tmp_path).samples) == ["1_0", "1_1"]
+    assert sorted(s.sample_id for s in discover(tmp_path).samples) == ["1_000", "1_001"]
 
 
 def test_overwrite_never_deletes_files_it_did_not_write(demo_npy_source, tmp_path):
@@ -90,3 +91,17 @@ def test_tiles_whose_ids_collide_are_rejected_before_writing(demo_npy_source, tm
     with pytest.raises(InputError, match="'7'"):
         export_band_folders(clash, DEFAULT_BANDS, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_multiclass_labels_are_exported_as_phase2_values(demo_npy_root, tmp_path):
+    source = discover(demo_npy_root, task="multiclass")
+    samples = source.samples[:3]
+    export_band_folders(samples, DEFAULT_BANDS, tmp_path)
+    copy = discover(tmp_path, task="multiclass")
+    for original, exported in zip(samples, copy.samples):
+        _, label = read_sample(original, DEFAULT_BANDS)
+        _, copy_label = read_sample(exported, range(5))
+        scored = label != IGNORE_INDEX
+        assert set(np.unique(label[scored])) <= {0, 1, 2}
+        np.testing.assert_array_equal(copy_label[scored], label[scored])  # clean ice 85 -> glacier, debris 170
+    assert any(2 in read_sample(s, DEFAULT_BANDS)[1] for s in samples)
