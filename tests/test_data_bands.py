@@ -46,7 +46,7 @@ def test_compress_hkh_mask_rejects_other_values_and_shapes():
     mask[1, 1, 0] = 2
     with pytest.raises(InputError, match=r"m\.npy: mask values must be 0 or 1, found \[2\]"):
         compress_hkh_mask(mask, source="m.npy")
-    with pytest.raises(InputError, match=r"m\.npy: not a region mask .*wrong channel count; it looks like two"):
+    with pytest.raises(InputError, match=r"m\.npy: a 2-channel mask, but the layout is region"):
         compress_hkh_mask(np.zeros((4, 4, 2), np.uint8), source="m.npy")
 
 

@@ -14,8 +14,6 @@ REGION_BINARY = [X, 0, X, 1, X, 1, X, 1]
 REGION_MULTI = [X, 0, X, 2, X, 1, X, 2]  # both channels set: debris
 # One-hot: at most one channel per pixel; all zero = outside the labelled area.
 ONEHOT = np.array([[[0, 0, 0], [0, 0, 1], [1, 0, 0], [0, 1, 0]]], np.uint8)
-# Most glacier pixels outside channel 2 (not region) and one pixel with two channels (not one-hot).
-NEITHER = np.array([[[1, 0, 0], [0, 1, 0], [1, 0, 1]]], np.uint8)
 TWO = np.array([[[0, 0], [1, 0], [0, 1], [1, 1]]], np.uint8)
 
 
@@ -43,23 +41,58 @@ def test_classes_per_task_and_dataset_kind():
         class_names("npy", "phase2")
 
 
-def test_which_layouts_a_mask_fits():
-    assert mask_layouts(ONEHOT) == {"onehot"}  # its glacier pixels lie outside channel 2
-    assert mask_layouts(COMBOS[:, [1, 3, 5]]) == {"region"}  # glacier pixels inside the region: two channels set
+def test_which_layouts_a_mask_can_be_read_in():
+    assert mask_layouts(COMBOS[:, [1, 3, 5]]) == {"region"}  # glacier inside the region: two channels set
+    assert mask_layouts(ONEHOT) == {"region", "onehot"}  # glacier outside channel 2: a region tile may do that
     assert mask_layouts(COMBOS[:, [0, 1]]) == {"region", "onehot"}  # no glacier: both read it the same
     assert mask_layouts(TWO) == {"two"}
     np.testing.assert_array_equal(
         mask_to_label(COMBOS[:, [0, 1]], "region"), mask_to_label(COMBOS[:, [0, 1]], "onehot")
     )
+    # A hand-made sample without a dataset decides from its own mask.
+    np.testing.assert_array_equal(mask_to_label(ONEHOT, "auto"), mask_to_label(ONEHOT, "onehot"))
+    np.testing.assert_array_equal(mask_to_label(COMBOS, "auto"), mask_to_label(COMBOS, "region"))
 
 
-def test_a_onehot_mask_forced_to_region_is_refused():
+EMPTY = COMBOS[:, [0, 1]]  # no glacier pixel: region or onehot
+REGION = COMBOS[:, [1, 3, 5]]  # glacier inside the region
+EDGE = np.array([[[1, 0, 0], [0, 0, 1]]], np.uint8)  # a region tile whose glacier lies outside its region
+MASKS = {"a": EMPTY, "b": EMPTY, "c": ONEHOT, "d": ONEHOT, "e": TWO, "r": REGION, "x": EDGE}
+
+
+def test_auto_finds_the_layout_of_a_dataset_from_a_sample():
+    load = MASKS.__getitem__
+    assert resolve_layout(["a", "b", "c", "d"], "auto", load) == "onehot"
+    assert resolve_layout(["a", "x", "r"], "auto", load) == "region"  # one mask with two channels set decides
+    assert resolve_layout(["a", "b"], "auto", load) == "region"  # undecidable, and the labels are the same
+    assert resolve_layout(["e"], "auto", load) == "two"
+    # Nothing to decide by in the sample: the other files are read until one decides.
+    assert resolve_layout(["a", "b", "c"], "auto", load, sample=1) == "onehot"
+    assert resolve_layout(["a", "b", "r"], "auto", load, sample=1) == "region"
+
+
+def test_a_onehot_dataset_forced_to_region_is_refused():
     """Read as region, every glacier pixel of a one-hot mask would be ignored: training on nothing."""
-    with pytest.raises(InputError, match=r"^m\.npy: not a region mask .*glacier pixels lie outside the HKH region.*"
-                       r"it looks like onehot$"):
-        mask_to_label(ONEHOT, "region", source="m.npy")
-    with pytest.raises(InputError, match=r"^m\.npy: not a onehot mask .*several channels set.*looks like region"):
-        mask_to_label(COMBOS[:, [1, 3, 5]], "onehot", source="m.npy")
+    load = MASKS.__getitem__
+    with pytest.raises(InputError, match=r"^c: its 2 glacier pixels lie outside the HKH region \(channel 2 == 0\), "
+                       r"and no mask looked at has glacier inside it: these are one-hot .*use --mask-layout onehot"):
+        resolve_layout(["a", "c", "d"], "region", load)
+    assert resolve_layout(["a", "c", "r"], "region", load) == "region"  # an edge tile among region masks
+    assert resolve_layout(["a", "c"], "onehot", load) == "onehot"
+
+
+def test_masks_disagreeing_with_the_dataset_are_refused_naming_the_file():
+    load = MASKS.__getitem__
+    with pytest.raises(InputError, match=r"^e: a 2-channel mask, but c has 3: the masks of one dataset must share"):
+        resolve_layout(["c", "e"], "auto", load)
+    with pytest.raises(InputError, match=r"^r: 2 pixels have several channels set, which a one-hot mask never has"):
+        resolve_layout(["c", "r"], "onehot", load)
+    with pytest.raises(InputError, match=r"^m\.npy: 2 pixels have several channels set"):  # checked as read
+        mask_to_label(REGION, "onehot", source="m.npy")
+    with pytest.raises(InputError, match=r"^m\.npy: a 2-channel mask, but the layout is region"):
+        mask_to_label(TWO, "region", source="m.npy")
+    with pytest.raises(InputError, match=r"mask layout 'rgb': expected one of auto, region, onehot, two"):
+        resolve_layout(["a"], "rgb", load)
 
 
 @pytest.mark.parametrize(
@@ -68,35 +101,12 @@ def test_a_onehot_mask_forced_to_region_is_refused():
         (np.full((2, 2, 3), 2, np.uint8), r"^m\.npy: mask values must be 0 or 1, found \[2\]$"),
         (np.zeros((2, 2, 4), np.uint8), r"^m\.npy: a mask of shape \(2, 2, 4\) fits no mask layout"),
         (np.zeros((2, 2), np.uint8), r"^m\.npy: a mask of shape \(2, 2\) fits no mask layout"),
-        (NEITHER, r"^m\.npy: the mask fits no layout \(2 glacier pixels lie outside .*1 pixels have several"),
     ],
 )
 def test_masks_fitting_no_layout_are_refused_naming_the_file(mask, message):
     with pytest.raises(InputError, match=message) as error:
         mask_to_label(mask, "auto", source="m.npy")
     assert "\n" not in str(error.value)
-
-
-def test_auto_finds_the_layout_from_a_sample_and_refuses_disagreeing_masks():
-    empty = COMBOS[:, [0, 1]]  # no glacier pixel: region or onehot
-    region = COMBOS[:, [1, 3, 5]]
-    masks = {"a": empty, "b": empty, "c": ONEHOT, "d": ONEHOT[:, :2], "e": TWO}
-    load = masks.__getitem__
-    assert resolve_layout(["a", "b", "c"], "auto", load) == "onehot"
-    assert resolve_layout(["a", "b"], "auto", load) == "region"  # undecidable and identical labels
-    assert resolve_layout(["e"], "auto", load) == "two"
-    # Undecided after the sample: the other files are read until one decides.
-    assert resolve_layout(["a", "b", "c"], "auto", load, sample=1) == "onehot"
-    masks["r"] = region
-    with pytest.raises(InputError, match=r"^r: a region mask, but c is a onehot mask: the masks of one dataset"):
-        resolve_layout(["a", "c", "r"], "auto", load)
-    with pytest.raises(InputError, match=r"^e: a two mask, but c is a onehot mask"):
-        resolve_layout(["c", "e"], "auto", load)
-    with pytest.raises(InputError, match=r"^c: not a region mask"):
-        resolve_layout(["a", "c"], "region", load)
-    assert resolve_layout(["a", "c"], "onehot", load) == "onehot"
-    with pytest.raises(InputError, match=r"mask layout 'rgb': expected one of auto, region, onehot, two"):
-        resolve_layout(["a"], "rgb", load)
 
 
 def test_band_folder_labels_binary_and_multiclass():

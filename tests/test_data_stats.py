@@ -88,14 +88,17 @@ def test_unit_scale_round_trip_and_model_semantics():
     np.testing.assert_allclose(to_unit(x, stats.to_dict()), u)  # dicts work too
 
 
-def test_json_round_trip_and_format(tmp_path, demo_stats):
+def test_json_round_trip_and_format(tmp_path, demo_stats, demo_npy_source):
     path = tmp_path / "stats.json"
     demo_stats.save(path)
     data = json.loads(path.read_text())
     assert set(data) >= {"lo", "hi", "mean", "std", "bands", "percentiles", "num_pixels"}
     assert all(len(data[k]) == 5 for k in ("lo", "hi", "mean", "std"))
-    assert data["bands"] == [1, 2, 3, 5, 9]
+    assert data["bands"] == [0, 1, 2, 4, 5]
     assert BandStats.load(path) == demo_stats
+    named = compute_stats(demo_npy_source.samples[:2], (0, 1), band_names=("B1", "B2"), max_pixels=1000)
+    named.save(path)
+    assert json.loads(path.read_text())["band_names"] == ["B1", "B2"] and BandStats.load(path) == named
     assert all(0 < m < 1 for m in demo_stats.mean) and all(h > lo for lo, h in zip(demo_stats.lo, demo_stats.hi))
 
 

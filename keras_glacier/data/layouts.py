@@ -12,13 +12,16 @@ Binary labels: 1 where clean ice or debris, 0 background, IGNORE_INDEX ignored. 
 labels index ``HKH_CLASSES`` (background, clean_ice, debris); a pixel set in both the clean-ice and
 the debris channel is debris (the rarer class, which the multi-class task exists to find).
 
-Telling the 3-channel layouts apart: under ``region`` glacier pixels lie inside the region
-(channel 2 == 1), so a pixel has two channels set; under ``onehot`` glacier pixels have channel 2
-== 0. A mask with glacier pixels therefore fits exactly one of them; reading a one-hot mask as
-``region`` would ignore every glacier pixel (a run training on nothing), so a ``region`` mask whose
-glacier pixels lie mostly outside its region is refused. A mask without glacier pixels fits both
-and gives the same labels under both. ``auto`` (:func:`resolve_layout`) looks at a sample of the
-mask files, then every file is checked against the layout found as it is read (:func:`mask_to_label`).
+Telling the 3-channel layouts apart: under ``region`` glacier pixels inside the region have two
+channels set, which a one-hot mask never has; a one-hot mask with glacier has them all at
+channel 2 == 0. A single mask whose glacier lies wholly outside the region is a legal ``region``
+mask (a tile at the region's edge), so the layout is a property of the dataset: ``auto``
+(:func:`resolve_layout`) looks at a sample of the mask files and decides ``region`` as soon as one
+mask has two channels set, ``onehot`` when masks with glacier exist and none has, ``two`` for
+2-channel masks. Forcing ``region`` on a dataset whose glacier pixels all lie outside channel 2 is
+refused: read that way every glacier pixel would be ignored, a run training on nothing. Then
+every file is checked against the layout as it is read (:func:`mask_to_label`): a mask with two
+channels set in a ``onehot`` dataset, or a channel count differing from the layout's, is refused.
 
 Band-folder labels (GlacierHack, one-channel TIFF): binary 0/1 or 0/255 (255 is glacier there);
 multi-class the phase-2 values 0/85/170/255 -> ``BAND_FOLDER_CLASSES`` (background, glacier,
@@ -87,28 +90,47 @@ def _values_01(mask: np.ndarray, source: str) -> np.ndarray:
     return mask.astype(bool, copy=False)
 
 
-def _fits(mask: np.ndarray) -> tuple[set[str], str]:
-    """(layouts a 0/1 bool mask fits, why it fits no other 3-channel layout)."""
-    if mask.shape[-1] == 2:
-        return {"two"}, ""
-    glacier = mask[..., 0] | mask[..., 1]
-    fits, why = set(), []
-    outside = np.count_nonzero(glacier & ~mask[..., 2])
-    if outside * 2 <= np.count_nonzero(glacier):  # no glacier pixel, or most of them inside the region
-        fits.add("region")
-    else:
-        why.append(f"{outside} glacier pixels lie outside the HKH region (channel 2 == 0), as in a one-hot mask")
-    several = np.count_nonzero(mask.sum(axis=-1, dtype=np.uint8) > 1)
-    if several == 0:
-        fits.add("onehot")
-    else:
-        why.append(f"{several} pixels have several channels set, as in a [clean ice, debris, region] mask")
-    return fits, "; ".join(why)
+def _evidence(mask: np.ndarray) -> tuple[str | None, int]:
+    """("region" | "onehot" | None, count): what a 0/1 3-channel mask says about the dataset's layout.
+
+    "region": ``count`` pixels have several channels set (impossible one-hot); "onehot": ``count``
+    glacier pixels, all outside channel 2 (all ignored if read as region); None: no glacier pixel.
+    """
+    several = int(np.count_nonzero(mask.sum(axis=-1, dtype=np.uint8) > 1))
+    if several:
+        return "region", several
+    glacier = int(np.count_nonzero(mask[..., 0] | mask[..., 1]))
+    return ("onehot", glacier) if glacier else (None, 0)
 
 
 def mask_layouts(mask: np.ndarray, source: str = "mask") -> set[str]:
-    """The layouts an HKH mask fits (empty values/shape problems raise InputError naming ``source``)."""
-    return _fits(_values_01(mask, source))[0]
+    """The layouts an HKH mask can be read in on its own (values/shape problems raise InputError)."""
+    mask = _values_01(mask, source)
+    if mask.shape[-1] == 2:
+        return {"two"}
+    return {"region"} if _evidence(mask)[0] == "region" else {"region", "onehot"}
+
+
+def _layout_of_file(mask: np.ndarray) -> str:
+    """The layout one mask suggests on its own (hand-made samples; datasets use :func:`resolve_layout`)."""
+    if mask.shape[-1] == 2:
+        return "two"
+    return "onehot" if _evidence(mask)[0] == "onehot" else "region"
+
+
+def _check_fits(mask: np.ndarray, layout: str, source: str) -> None:
+    channels = 2 if layout == "two" else 3
+    if mask.shape[-1] != channels:
+        raise InputError(
+            f"{source}: a {mask.shape[-1]}-channel mask, but the layout is {describe_layout(layout)}"
+        )
+    if layout == "onehot":
+        evidence, count = _evidence(mask)
+        if evidence == "region":
+            raise InputError(
+                f"{source}: {count} pixels have several channels set, which a one-hot mask never has "
+                "(a [clean ice, debris, HKH region] mask?); use --mask-layout region or auto"
+            )
 
 
 def mask_to_label(mask: np.ndarray, layout: str = "auto", task: str = "binary", source: str = "mask") -> np.ndarray:
@@ -119,15 +141,9 @@ def mask_to_label(mask: np.ndarray, layout: str = "auto", task: str = "binary", 
     """
     check_task(task)
     mask = _values_01(mask, source)
-    fits, why = _fits(mask)
     if layout in ("", "auto"):
-        if not fits:
-            raise InputError(f"{source}: the mask fits no layout ({why})")
-        layout = "two" if "two" in fits else ("region" if "region" in fits else "onehot")
-    elif check_layout(layout) not in fits:
-        hint = f"; it looks like {' or '.join(sorted(fits))}" if fits else ""
-        reason = why or "wrong channel count"
-        raise InputError(f"{source}: not a {layout} mask ({_DESCRIPTIONS[layout]}): {reason}{hint}")
+        layout = _layout_of_file(mask)
+    _check_fits(mask, check_layout(layout), source)
     clean, debris = mask[..., 0], mask[..., 1]
     if task == "binary":
         label = (clean | debris).astype(np.uint8)
@@ -148,10 +164,10 @@ def resolve_layout(
 ) -> str:
     """The layout of a dataset's masks: ``requested`` checked on a sample of files, or found (``auto``).
 
-    ``auto`` looks at ``sample`` files spread over the list, and at more only while they cannot
-    tell ``region`` from ``onehot`` (no glacier pixel yet); masks fitting no layout, or fitting
-    another layout than earlier files, are refused naming both files. ``load`` reads one file
-    (default ``np.load``).
+    Looks at ``sample`` files spread over the list, and at more only while no mask has a glacier
+    pixel (nothing to tell the layouts apart by); see the module docstring for the rules. Masks
+    of another channel count than the first, or fitting no layout, are refused naming the file.
+    ``load`` reads one file (default ``np.load``).
     """
     check_layout(requested)
     if not paths:
@@ -160,33 +176,37 @@ def resolve_layout(
     count = min(len(paths), max(1, sample))
     first = sorted({int(i) for i in np.linspace(0, len(paths) - 1, count)})
     order = first + [i for i in range(len(paths)) if i not in set(first)]
-    candidates, decided_by = None, None
+    channels, seen = None, {}  # seen: evidence -> (first file, count)
     for position, index in enumerate(order):
         path = paths[index]
         mask = _values_01(load(path), path)
-        fits, why = _fits(mask)
-        if requested != "auto":
-            if requested not in fits:
-                mask_to_label(mask, requested, source=path)  # raises with the reason
-            if position + 1 >= len(first):
-                return requested
-            continue
-        if not fits:
-            raise InputError(f"{path}: the mask fits no layout ({why})")
-        narrowed = fits if candidates is None else candidates & fits
-        if not narrowed:
+        if channels is None:
+            channels = (path, mask.shape[-1])
+        elif mask.shape[-1] != channels[1]:
             raise InputError(
-                f"{path}: a {'/'.join(sorted(fits))} mask, but {decided_by} is a {'/'.join(sorted(candidates))} "
-                "mask: the masks of one dataset must share a layout"
+                f"{path}: a {mask.shape[-1]}-channel mask, but {channels[0]} has {channels[1]}: "
+                "the masks of one dataset must share a layout"
             )
-        if narrowed != candidates:
-            decided_by = path
-        candidates = narrowed
-        if position + 1 >= len(first) and len(candidates) == 1:
+        if requested != "auto":
+            _check_fits(mask, requested, path)
+        if mask.shape[-1] == 3:
+            evidence, pixels = _evidence(mask)
+            if evidence is not None and evidence not in seen:
+                seen[evidence] = (path, pixels)
+        if position + 1 >= len(first) and (seen or channels[1] == 2):
             break
-    if len(candidates) == 1:
-        return next(iter(candidates))
-    return "region"  # no mask has a glacier pixel: region and onehot give the same labels
+    if channels[1] == 2:
+        return "two" if requested in ("auto", "two") else requested
+    if requested == "region" and "onehot" in seen and "region" not in seen:
+        path, pixels = seen["onehot"]
+        raise InputError(
+            f"{path}: its {pixels} glacier pixels lie outside the HKH region (channel 2 == 0), and no mask looked "
+            "at has glacier inside it: these are one-hot [clean ice, debris, other] masks, and read as region "
+            "every glacier pixel would be ignored; use --mask-layout onehot or auto"
+        )
+    if requested != "auto":
+        return requested
+    return "onehot" if "onehot" in seen and "region" not in seen else "region"
 
 
 def describe_layout(layout: str) -> str:

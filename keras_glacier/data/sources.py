@@ -88,7 +88,7 @@ class Sample:
     image_paths: tuple[str, ...]  # npy: (image,); TIFF: one file per band folder, Band1 first
     label_path: str | None
     name: str  # file name of the tile (the Band1 file for TIFF): predictions are written under it
-    mask_layout: str = "auto"  # npy masks: region | onehot | two (``layouts.py``); auto: per file
+    mask_layout: str = "region"  # npy masks: region | onehot | two | auto (``layouts.py``; auto: per file)
     task: str = "binary"  # binary | multiclass
 
 

@@ -1,4 +1,4 @@
-"""Per-band statistics of the training split, and the unit scale they define (SPEC.md).
+"""Per-band statistics of the training split, and the unit scale they define (README, Data formats).
 
 ``lo``/``hi`` are robust percentiles (default 1st/99th) of the raw values of valid training pixels;
 the unit scale is ``u = clip((x - lo) / (hi - lo), 0, 1)``; ``mean``/``std`` are the moments of ``u``.
@@ -18,7 +18,7 @@ import json
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -44,6 +44,7 @@ class BandStats:
     bands: tuple[int, ...] | None = None
     percentiles: tuple[float, float] = (1.0, 99.0)
     num_pixels: int = 0
+    band_names: tuple[str, ...] | None = None  # the dataset's names of ``bands`` (``bands.py``)
 
     @property
     def num_bands(self) -> int:
@@ -55,7 +56,7 @@ class BandStats:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        for key in ("bands", "percentiles"):
+        for key in ("bands", "percentiles", "band_names"):
             if data[key] is not None:
                 data[key] = list(data[key])
         for key in _REQUIRED:
@@ -87,6 +88,7 @@ class BandStats:
             bands=None if bands is None else tuple(int(b) for b in bands),
             percentiles=tuple(float(p) for p in percentiles),
             num_pixels=int(data.get("num_pixels", 0)),
+            band_names=None if data.get("band_names") is None else tuple(str(n) for n in data["band_names"]),
         )
 
     def save(self, path: str | os.PathLike) -> None:
@@ -155,14 +157,18 @@ def compute_stats(
     max_pixels: int = 2_000_000,
     max_tiles: int = 512,
     seed: int = 0,
+    band_names: Sequence[str] | None = None,
 ) -> BandStats:
     """Statistics of the valid pixels of ``samples`` (pass the training split only).
 
     Reads at most ``max_tiles`` tiles (a seeded random subset) and keeps a seeded random subset of
     each tile's valid pixels, about ``max_pixels`` in total; pixels that are NaN/inf in any band or
-    0 in all bands are never counted.
+    0 in all bands are never counted. ``band_names`` (``DatasetSource.select_bands(...).names``)
+    are recorded for people and for the band-mismatch warning of predict/evaluate.
     """
     bands = check_bands(bands)
+    if band_names is not None and len(band_names) != len(bands):
+        raise ValueError(f"{len(band_names)} band names for {len(bands)} bands")
     if not samples:
         raise InputError("no training tiles to compute band statistics from")
     if not 0 <= percentiles[0] < percentiles[1] <= 100:
@@ -177,4 +183,5 @@ def compute_stats(
         if len(pixels) > quota:
             pixels = pixels[np.sort(rng.choice(len(pixels), size=quota, replace=False))]
         kept.append(pixels)
-    return stats_from_pixels(np.concatenate(kept), percentiles, bands)
+    stats = stats_from_pixels(np.concatenate(kept), percentiles, bands)
+    return stats if band_names is None else replace(stats, band_names=tuple(band_names))
