@@ -3,20 +3,21 @@
 Fixtures (all read-only: copy into ``tmp_path`` before damaging or adding files):
 
 ``demo_npy_root``
-    Path of an HKH-layout demo dataset: 3 scenes x 4 tiles of 64x64, ``slice_<s>_image_<k>.npy``
-    (64, 64, 15) float32 and ``slice_<s>_mask_<k>.npy`` (64, 64, 3) uint8 0/1, from
-    ``make_demo_dataset(..., scenes=3, tiles_per_scene=4, size=64, seed=0)``. Scene ids
-    ``slice_0``..``slice_2``; 4 tiles have NaN stripes (slice_0_image_0, slice_1_image_3,
-    slice_2_image_0, slice_2_image_3), 6 are partly outside the HKH region (mask channel 2).
+    Path of an HKH-release-style demo dataset: 3 scenes x 4 tiles of 64x64, ``slice_<s>_img_<kkk>.npy``
+    (64, 64, 15) float32 (published channel order) and ``slice_<s>_mask_<kkk>.npy`` (64, 64, 3) uint8
+    0/1 (region layout), from ``make_demo_dataset(..., scenes=3, tiles_per_scene=4, size=64, seed=0)``.
+    Scene ids ``slice_0``..``slice_2``; 4 tiles have NaN stripes (slice_0_img_000, slice_1_img_003,
+    slice_2_img_000, slice_2_img_003), 7 are partly outside the HKH region (mask channel 2).
 ``demo_npy_source``
     ``discover(demo_npy_root)``: a ``DatasetSource`` with its 12 ``Sample`` records.
 ``demo_stats``
-    ``BandStats`` of all 12 demo tiles for the default bands (1, 2, 3, 5, 9); ``.to_dict()`` gives
-    the SPEC stats dict for the model.
+    ``BandStats`` of all 12 demo tiles for the default bands (preset competition: 0, 1, 2, 4, 5);
+    ``.to_dict()`` gives the stats dict for the model.
 ``demo_tiff_root``
     Path of a GlacierHack-style band-folder dataset made by ``make_demo_band_folders(..., tiles=6,
     size=64, seed=0, with_labels=True)``: ``Band1/B2_B2_masked_<id>.tif`` ... ``Band5/B10_B10_masked_<id>.tif``
-    (float32, same scenes as the npy demo, default bands) and ``label/Y_output_resized_<id>.tif``
+    (float32, same scenes as the npy demo, default bands; band names B2, B3, B4, B6, B10 from the
+    prefixes) and ``label/Y_output_resized_<id>.tif``
     (uint8 0/255); ids ``00_00``..``00_02``, ``01_00``..``01_02`` (2 scenes of 3 tiles).
 ``demo_tiff_source``
     ``discover(demo_tiff_root)``.

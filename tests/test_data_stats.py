@@ -1,4 +1,4 @@
-"""Band statistics: valid pixels only, SPEC format, unit-scale mapping, JSON round trip."""
+"""Band statistics: valid pixels only, stats.json (README, Data formats), unit scale, JSON round trip."""
 
 import json
 
