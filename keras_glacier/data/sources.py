@@ -79,7 +79,8 @@ class Sample:
     """One image tile and its label file; plain strings so it pickles and goes into JSON splits.
 
     ``mask_layout`` and ``task`` say how the label file is read (``read_sample``): ``discover``
-    fills them for the whole dataset; a hand-made Sample reads its mask in the layout it fits.
+    fills them for the whole dataset; a hand-made Sample reads a region mask (the original work's
+    layout, as before layouts existed) unless given another layout or ``auto`` (decide per file).
     """
 
     sample_id: str  # unique within a dataset: the image file stem (npy) or the tile id (TIFF)
