@@ -16,10 +16,11 @@ The point is data that behaves like the real problem, not pretty pictures:
   scenes differ, so a split by scene is meaningful;
 * the HKH region mask (channel 2 of the mask) cuts off part of some scenes, a few tiles carry
   sensor no-data stripes (NaN in every channel, like Landsat 7 SLC-off gaps), and every band gets
-  sensor noise.
-
+  sensor noise;
 * glacial lakes (turbid melt-water ponds next to glacier tongues) are a class of their own in
   multi-class band-folder labels; HKH masks have no lake channel, so there they are background.
+  They come from a random stream of their own, so adding them left the rest of every scene as it
+  was (the figures of the binary demo moved only where a lake replaced background).
 
 Channels written (the HKH release's published order, Landsat 7 ETM+ numbering, 0-based; see
 ``bands.HKH_CHANNELS``): 0 B1 blue, 1 B2 green, 2 B3 red, 3 B4 NIR, 4 B5 SWIR-1, 5 B6_VCID1
