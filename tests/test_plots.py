@@ -50,7 +50,8 @@ def test_multiclass_predictions_use_one_colour_per_class(tmp_path):
     debris, lake = plots.CLASS_COLOURS["debris"], plots.CLASS_COLOURS["lake"]
     assert pixels_near(path, debris) > 100 and pixels_near(path, lake) > 100
     with pytest.raises(ValueError, match="3 class names for 4"):
-        plots.plot_predictions(images, truth, probabilities, tmp_path / "x.png", [0] * 5, [1] * 5, class_names=names[:3])
+        plots.plot_predictions(images, truth, probabilities, tmp_path / "x.png", [0] * 5, [1] * 5,
+                               class_names=names[:3])
     # Binary stays as it was: no class colours.
     binary = plots.plot_predictions(images, np.minimum(truth, 1), probabilities[..., 3], tmp_path / "binary.png",
                                     lo=[0] * 5, hi=[1] * 5)
