@@ -122,7 +122,10 @@ def iter_tiles(samples: Sequence[Sample], bands: Sequence[int], chunk_size: int,
     for start in range(0, len(samples), chunk_size):
         chunk = []
         for sample in samples[start : start + chunk_size]:
-            image, _ = read_sample(dataclasses.replace(sample, label_path=None), bands)
+            # The binary reader checks an HKH mask's layout on the way; band-folder labels with phase-2
+            # values are not binary, so the image is read without them.
+            readable = sample if sample.kind == NPY else dataclasses.replace(sample, label_path=None)
+            image, _ = read_sample(readable, bands)
             check_tile_has_data(sample, image, bands)
             chunk.append(TileData(sample, image, multiclass_label(sample, image, classes)))
         yield chunk
