@@ -178,3 +178,18 @@ def test_class_sets_from_model_configurations():
     ]:
         with pytest.raises(evaluate.files.InputError, match=message):
             classes_from_config(config, "model.keras")
+
+
+def test_model_settings_read_the_class_set_and_the_stored_threshold():
+    from types import SimpleNamespace
+
+    from keras_glacier.evaluate.cli import model_settings
+
+    def loaded(config):
+        return SimpleNamespace(model=SimpleNamespace(get_config=lambda: config), name="model.keras")
+
+    assert model_settings(loaded({"name": "functional", "layers": []})) == (ClassSet.binary(), None)
+    classes, threshold = model_settings(loaded({"task": "binary", "threshold": 0.37}))
+    assert (classes, threshold) == (ClassSet.binary(), 0.37)
+    classes, _ = model_settings(loaded({"task": "multiclass", "class_names": NAMES, "class_values": [0, 85, 170, 255]}))
+    assert classes == ClassSet.phase2(NAMES)

@@ -167,3 +167,24 @@ def test_best_threshold_prefers_half_and_midpoints():
     assert best_threshold(np.full(3, IGNORE_INDEX, np.uint8), np.array([0.1, 0.6, 0.7])) == (0.5, 0.0)
     with pytest.raises(ValueError, match="NaN"):
         best_threshold(truth, np.array([0.1, np.nan, 0.2, 0.3]))
+
+
+def test_compiled_training_logs_the_multiclass_scores_of_the_whole_set():
+    """Loss and metrics inside a jit-compiled fit/evaluate: ``val_mcc`` is sklearn's MCC of the argmax."""
+    from keras_glacier.losses import make_loss
+
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(6, 8, 8, 3)).astype(np.float32)
+    y = rng.integers(0, 4, (6, 8, 8, 1)).astype(np.uint8)
+    x[..., 0] += y[..., 0]  # learnable
+    y[:, 0] = IGNORE_INDEX
+    inputs = keras.Input((None, None, 3))
+    model = keras.Model(inputs, keras.layers.Conv2D(4, 1)(inputs))
+    model.compile(optimizer="adam", loss=make_loss("bce_dice", "multiclass", 4, class_weights=[1, 1, 2, 3]),
+                  metrics=segmentation_metrics(task="multiclass", class_names=NAMES), jit_compile=True)
+    model.fit(x, y, batch_size=4, epochs=1, verbose=0)
+    logged = model.evaluate(x, y, batch_size=4, verbose=0, return_dict=True)
+    pred = model.predict(x, batch_size=4, verbose=0).argmax(-1)
+    valid = y[..., 0] != IGNORE_INDEX
+    assert logged["mcc"] == pytest.approx(matthews_corrcoef(y[..., 0][valid], pred[valid]), abs=1e-5)
+    assert np.isfinite(logged["loss"])

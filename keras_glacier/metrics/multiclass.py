@@ -135,10 +135,10 @@ class ConfusionMatrixMetric(keras.metrics.Metric):
         y_true = ops.cast(y_true, "float32")
         if len(y_true.shape) == len(y_pred.shape):
             y_true = y_true[..., 0]
-        batch = y_true.shape[0] if y_true.shape[0] is not None else -1
         valid = ops.cast(ops.not_equal(y_true, float(self.ignore_index)), "float32")
         truth = ops.one_hot(ops.cast(ops.where(valid > 0, y_true, 0.0), "int32"), k) * valid[..., None]
         pred = ops.one_hot(ops.argmax(y_pred, axis=-1), k)
+        batch = ops.shape(truth)[0]
         truth = ops.reshape(truth, (batch, -1, k))
         pred = ops.reshape(pred, (batch, -1, k))
         per_image = ops.einsum("bnk,bnl->bkl", truth, pred)
