@@ -1,4 +1,4 @@
-"""Segmentation scores accumulated over a whole data set, as Keras metrics and as plain numpy.
+"""Binary segmentation scores accumulated over a whole data set, as Keras metrics and as plain numpy.
 
 Scores are computed from the confusion counts of *all* valid pixels seen since the last reset
 (not averaged per batch), so they equal scikit-learn's scores on the concatenated pixels. Pixels
@@ -285,7 +285,4 @@ class R2Score(ConfusionMetric):
         return ops.cast(value, self.dtype)
 
 
-def segmentation_metrics(threshold: float = 0.5, ignore_index: int = IGNORE_INDEX) -> list[ConfusionMetric]:
-    """One instance of every score, in SCORE_NAMES order, for ``model.compile(metrics=...)``."""
-    classes = (MatthewsCorrelation, IoU, F1Score, Precision, Recall, R2Score)
-    return [cls(threshold=threshold, ignore_index=ignore_index) for cls in classes]
+BINARY_METRICS = (MatthewsCorrelation, IoU, F1Score, Precision, Recall, R2Score)
