@@ -39,6 +39,7 @@ from keras_glacier.scenes.bands import (
     sensor_numbering,
 )
 from keras_glacier.scenes.model_info import ModelInfo, band_names, is_placeholder, nodata_value
+from keras_glacier.scenes.predict import class_mask
 from keras_glacier.scenes.tiling import plan_strips, predict_strips
 
 UTM = "EPSG:32645"
@@ -227,6 +228,18 @@ def test_model_band_names_fallbacks():
     with pytest.raises(InputError, match="does not name them"):
         band_names(4, {}, {}, warnings.append)
     assert is_placeholder(["Band1", "Band2"]) and not is_placeholder(["B2", "B3"])
+
+
+def test_class_mask_encodings():
+    nodata = np.array([[False, False, True]])
+    binary = class_mask(np.array([[0.5, 0.51, 0.9]], np.float32), nodata, binary_info(), 0.5, 1)
+    np.testing.assert_array_equal(binary, [[0, 255, 1]])
+    info = ModelInfo(COMPETITION_BANDS, "test", "multiclass", ("background", "glacier", "debris", "lake"),
+                     (0, 85, 170, 255), 0.5)
+    probability = np.array([[[0.1, 0.2, 0.6, 0.1], [0.1, 0.1, 0.1, 0.7], [0.9, 0, 0, 0.1]]], np.float32)
+    np.testing.assert_array_equal(class_mask(probability, nodata, info, 0.5, 1), [[170, 255, 1]])
+    with pytest.raises(InputError, match="one probability per pixel"):
+        class_mask(probability[..., 0], nodata, info, 0.5, 1)
 
 
 def test_nodata_value_is_no_class():

@@ -82,7 +82,7 @@ class GeoJSONWriter:
         self.handle = open(self.tmp, "w", encoding="utf-8")  # noqa: SIM115  (closed in commit/abort)
         header = {"type": "FeatureCollection", "name": name}
         epsg = crs.to_epsg() if crs is not None else None
-        if epsg is not None:
+        if epsg is not None and epsg != 4326:  # RFC 7946's default is WGS 84 longitude/latitude already
             header["crs"] = {"type": "name", "properties": {"name": f"urn:ogc:def:crs:EPSG::{epsg}"}}
         self.handle.write(json.dumps(header)[:-1] + ', "features": [\n')
         self.count = 0
