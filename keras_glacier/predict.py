@@ -168,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if any(arg == "--scene" or arg.startswith("--scene=") for arg in argv):  # whole-scene mode, its own flags
+    if any(str(arg).split("=", 1)[0] == "--scene" for arg in argv):  # whole-scene mode, with its own flags
         from keras_glacier.scenes.cli import main as scene_main
 
         return scene_main(argv)
