@@ -304,6 +304,9 @@ def test_stack_with_descriptions(tmp_path):
     scene = write_tif(tmp_path / "LC08_stack.tif", bands, descriptions=["SR_B2", "SR_B3", "SR_B4", "SR_B6", "ST_B10"])
     summary = predict_scene(binary_info(), scene, tmp_path / "out", forward=first_band, window=32, overlap=8,
                             probabilities=True, min_area=0, progress=False, log=lambda m: None)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "LC08_stack_mask.tif", "LC08_stack_outlines.geojson", "LC08_stack_outlines.gpkg",
+        "LC08_stack_probabilities.tif"]  # nothing temporary left behind
     mask, profile = read_mask(summary.mask_path)
     with rasterio.open(scene) as source:
         assert (profile["crs"], profile["transform"]) == (source.crs, source.transform)

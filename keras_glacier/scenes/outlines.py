@@ -13,6 +13,7 @@ bindings are dependencies; QGIS and GDAL read it like any other GeoPackage.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -180,17 +181,29 @@ class GeoPackageWriter:
 
 
 def write_outlines(mask_path: Path, geojson_path: Path, gpkg_path: Path, classes: list[tuple[str, int]],
-                   min_area_km2: float, name: str) -> OutlineSummary:
-    """Polygonize every non-background class of the mask file into both outline files."""
+                   min_area_km2: float, name: str, foreground_path: Path | None = None) -> OutlineSummary:
+    """Polygonize every non-background class of the mask file into both outline files.
+
+    ``foreground_path``: a raster on the same grid, non-zero where a class other than background
+    lies; GDAL then builds no polygons for background and no-data (on a real scene: one huge
+    background polygon with a hole per glacier, and a polygon per no-data stripe), which keeps
+    the polygonizer's memory to the outlines that are written.
+    """
     rasterio, _ = require_geo()
     from keras_glacier.scenes.io import quiet_georeferencing
 
-    with quiet_georeferencing(), rasterio.open(mask_path) as mask:
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(quiet_georeferencing())
+        mask = stack.enter_context(rasterio.open(mask_path))
+        foreground = None
+        if foreground_path is not None:
+            foreground = rasterio.band(stack.enter_context(rasterio.open(foreground_path)), 1)
         meter = AreaMeter(mask.crs, mask.transform, mask.bounds)
         areas = {value: ClassArea(class_name, value) for class_name, value in classes}
         writers = [GeoJSONWriter(geojson_path, mask.crs, name), GeoPackageWriter(gpkg_path, mask.crs)]
         try:
-            for geometry, value in rasterio.features.shapes(rasterio.band(mask, 1), transform=mask.transform):
+            regions = rasterio.features.shapes(rasterio.band(mask, 1), mask=foreground, transform=mask.transform)
+            for geometry, value in regions:
                 entry = areas.get(int(value))
                 if entry is None:  # background and no-data
                     continue

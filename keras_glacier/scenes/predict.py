@@ -181,7 +181,10 @@ def predict_scene(
         grid = dict(width=reader.width, height=reader.height, crs=reader.crs, transform=reader.transform)
         paths = {kind: out / f"{found.name}_{kind}" for kind in
                  ("mask.tif", "probabilities.tif", "outlines.geojson", "outlines.gpkg")}
-        writers = [StripWriter(paths["mask.tif"], count=1, dtype="uint8", nodata=fill, **grid)]
+        # The outlines' polygonizer reads this 0/1 raster as its mask (outlines.write_outlines).
+        foreground_path = out / f".{found.name}_foreground.tif"
+        writers = [StripWriter(paths["mask.tif"], count=1, dtype="uint8", nodata=fill, **grid),
+                   StripWriter(foreground_path, count=1, dtype="uint8", nodata=None, **grid)]
         if probabilities:
             names = ["glacier"] if info.task == "binary" else list(info.class_names)
             writers.append(StripWriter(paths["probabilities.tif"], count=len(names), dtype="float32",
@@ -214,9 +217,10 @@ def predict_scene(
                     mask = class_mask(probability, nodata, info, threshold, fill)
                     counts += np.bincount(mask.ravel(), minlength=256)
                     writers[0].write(mask)
+                    writers[1].write(((mask != info.class_values[0]) & (mask != fill)).view(np.uint8))
                     if probabilities:
                         probability[nodata] = np.nan
-                        writers[1].write(probability)
+                        writers[2].write(probability)
             for writer in writers:
                 writer.commit()
         except BaseException:
@@ -224,8 +228,11 @@ def predict_scene(
                 writer.abort()
             raise
     classes = [(n, v) for n, v in zip(info.class_names, info.class_values) if v != info.class_values[0]]
-    outlines = write_outlines(paths["mask.tif"], paths["outlines.geojson"], paths["outlines.gpkg"], classes,
-                              min_area if reader.crs is not None else 0.0, found.name)
+    try:
+        outlines = write_outlines(paths["mask.tif"], paths["outlines.geojson"], paths["outlines.gpkg"], classes,
+                                  min_area if reader.crs is not None else 0.0, found.name, foreground_path)
+    finally:
+        foreground_path.unlink(missing_ok=True)
     return SceneSummary(
         found.name, plan.height, plan.width, plan.windows, time.perf_counter() - start, out, paths["mask.tif"],
         paths["probabilities.tif"] if probabilities else None, paths["outlines.geojson"], paths["outlines.gpkg"],
