@@ -118,6 +118,45 @@ def gpkg_rows(path):
     return rows, srs, app_id
 
 
+def gdal_library():
+    """rasterio's own GDAL (the wheel bundles it under rasterio.libs), for reading the outlines as QGIS would."""
+    import ctypes
+    import ctypes.util
+    from pathlib import Path
+
+    bundled = sorted((Path(rasterio.__file__).parent.parent / "rasterio.libs").glob("libgdal*.so*"))
+    name = str(bundled[0]) if bundled else ctypes.util.find_library("gdal")
+    if name is None:
+        pytest.skip("no GDAL shared library found to cross-check the outline files")
+    lib = ctypes.CDLL(name)
+    lib.GDALAllRegister()
+    lib.GDALOpenEx.restype = ctypes.c_void_p
+    lib.GDALOpenEx.argtypes = [ctypes.c_char_p, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+    lib.GDALDatasetGetLayer.restype = ctypes.c_void_p
+    lib.GDALDatasetGetLayer.argtypes = [ctypes.c_void_p, ctypes.c_int]
+    lib.OGR_L_GetFeatureCount.restype = ctypes.c_longlong
+    lib.OGR_L_GetFeatureCount.argtypes = [ctypes.c_void_p, ctypes.c_int]
+    lib.OGR_L_GetSpatialRef.restype = ctypes.c_void_p
+    lib.OGR_L_GetSpatialRef.argtypes = [ctypes.c_void_p]
+    lib.OSRGetAuthorityCode.restype = ctypes.c_char_p
+    lib.OSRGetAuthorityCode.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+    lib.GDALClose.argtypes = [ctypes.c_void_p]
+    return lib
+
+
+def ogr_features_and_epsg(path):
+    """(feature count, EPSG code) of the first layer, as GDAL's vector drivers read the file."""
+    lib = gdal_library()
+    dataset = lib.GDALOpenEx(str(path).encode(), 0x04, None, None, None)  # GDAL_OF_VECTOR
+    assert dataset, f"GDAL cannot open {path}"
+    try:
+        layer = lib.GDALDatasetGetLayer(dataset, 0)
+        srs = lib.OGR_L_GetSpatialRef(layer)
+        return lib.OGR_L_GetFeatureCount(layer, 1), (int(lib.OSRGetAuthorityCode(srs, None)) if srs else None)
+    finally:
+        lib.GDALClose(dataset)
+
+
 # ----------------------------------------------------------------------------------------------
 # Band names and matching
 # ----------------------------------------------------------------------------------------------
@@ -319,8 +358,10 @@ def test_stack_with_descriptions(tmp_path):
         assert probability.descriptions == ("glacier",) and np.isnan(probability.nodata)
     assert np.isnan(values[:6]).all()
     np.testing.assert_allclose(values[6:], bands[0, 6:])
-    total, _ = check_outlines(summary, mask)
+    total, features = check_outlines(summary, mask)
     assert total == (mask == 255).sum() == summary.class_pixels[255]
+    for path in (summary.gpkg_path, summary.geojson_path):
+        assert ogr_features_and_epsg(path) == (len(features), 32645)
     assert summary.outlines.classes[0].area_km2 == pytest.approx(total * PIXEL_KM2)
     assert "glacier" in summary.line() and "km2" in summary.line()
 
