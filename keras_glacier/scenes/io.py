@@ -93,23 +93,23 @@ class SceneReader:
     def __init__(self, match: BandMatch):
         self.match = match
         self._datasets: dict[Path, object] = {}
+        self._bands = []
         try:
             for source in match.sources:
                 if source.path not in self._datasets:
                     self._datasets[source.path] = _open(source.path)
             self._check_grid()
+            for source in match.sources:
+                dataset = self._datasets[source.path]
+                if not 1 <= source.index <= dataset.count:
+                    raise InputError(f"{source.path}: has {dataset.count} bands, no band {source.index}")
+                i = source.index - 1
+                scale, offset = dataset.scales[i], dataset.offsets[i]
+                masked = [flag.name for flag in dataset.mask_flag_enums[i]] != ["all_valid"]
+                self._bands.append((dataset, source.index, float(scale), float(offset), masked))
         except BaseException:
             self.close()
             raise
-        self._bands = []
-        for source in match.sources:
-            dataset = self._datasets[source.path]
-            if not 1 <= source.index <= dataset.count:
-                raise InputError(f"{source.path}: has {dataset.count} bands, no band {source.index}")
-            i = source.index - 1
-            scale, offset = dataset.scales[i], dataset.offsets[i]
-            masked = [flag.name for flag in dataset.mask_flag_enums[i]] != ["all_valid"]
-            self._bands.append((dataset, source.index, float(scale), float(offset), masked))
         first = self._datasets[match.sources[0].path]
         self.height, self.width = first.height, first.width
         self.crs, self.transform = first.crs, first.transform
