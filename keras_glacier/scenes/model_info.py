@@ -95,7 +95,7 @@ def model_info(loaded, warn) -> ModelInfo:
         class_values = tuple(config.get("class_values") or run.get("class_values") or ())
         if len(class_values) != len(class_names):
             raise InputError(f"{loaded.name}: multi-class model without class_values for {', '.join(class_names)}")
-    threshold = config.get("threshold", run.get("threshold", 0.5))
+    threshold = next((t for t in (config.get("threshold"), run.get("threshold")) if t is not None), 0.5)
     lo, hi = _normalization_range(loaded.model, config)
     return ModelInfo(names, source, task, class_names, tuple(map(int, class_values)), float(threshold), lo, hi)
 

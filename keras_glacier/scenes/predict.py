@@ -183,12 +183,6 @@ def predict_scene(
                  ("mask.tif", "probabilities.tif", "outlines.geojson", "outlines.gpkg")}
         # The outlines' polygonizer reads this 0/1 raster as its mask (outlines.write_outlines).
         foreground_path = out / f".{found.name}_foreground.tif"
-        writers = [StripWriter(paths["mask.tif"], count=1, dtype="uint8", nodata=fill, **grid),
-                   StripWriter(foreground_path, count=1, dtype="uint8", nodata=None, **grid)]
-        if probabilities:
-            names = ["glacier"] if info.task == "binary" else list(info.class_names)
-            writers.append(StripWriter(paths["probabilities.tif"], count=len(names), dtype="float32",
-                                       nodata=float("nan"), descriptions=names, **grid))
         counts = np.zeros(256, np.int64)
         views = 4 if tta else 1
         bar = tqdm(total=plan.windows, desc=found.name, unit="window", file=sys.stderr,
@@ -211,7 +205,14 @@ def predict_scene(
                 units_checked[0] = check_units(strip, info, match, warn)
             return strip
 
+        writers = []
         try:
+            writers.append(StripWriter(paths["mask.tif"], count=1, dtype="uint8", nodata=fill, **grid))
+            writers.append(StripWriter(foreground_path, count=1, dtype="uint8", nodata=None, **grid))
+            if probabilities:
+                names = ["glacier"] if info.task == "binary" else list(info.class_names)
+                writers.append(StripWriter(paths["probabilities.tif"], count=len(names), dtype="float32",
+                                           nodata=float("nan"), descriptions=names, **grid))
             with bar:
                 for _, probability, nodata in predict_strips(read, counted, plan, tta, window, overlap, batch_size):
                     mask = class_mask(probability, nodata, info, threshold, fill)
