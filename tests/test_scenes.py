@@ -495,6 +495,22 @@ def test_mismatched_band_grids_are_refused(tmp_path):
         predict_scene(binary_info(), folder, tmp_path / "out", forward=first_band, log=lambda m: None)
 
 
+def test_a_failure_mid_scene_leaves_no_files(tmp_path):
+    scene = write_tif(tmp_path / "s.tif", scene_bands(70, 40), descriptions=["B1", "B2", "B3", "B5", "B6_VCID1"])
+    calls = []
+
+    def fails_on_the_second_strip(batch):
+        calls.append(1)
+        if len(calls) > 1:
+            raise RuntimeError("device lost")
+        return first_band(batch)
+
+    with pytest.raises(RuntimeError, match="device lost"):
+        predict_scene(binary_info(), scene, tmp_path / "out", forward=fails_on_the_second_strip, window=32,
+                      overlap=8, tta=False, batch_size=2, probabilities=True, progress=False, log=lambda m: None)
+    assert list((tmp_path / "out").iterdir()) == []
+
+
 def test_missing_rasterio_is_a_one_line_install_hint(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "rasterio", None)
     with pytest.raises(InputError, match=r'pip install -e "\.\[geo\]"'):
