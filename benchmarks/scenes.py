@@ -57,11 +57,15 @@ def rss_mib() -> float:
         return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def child(scene: Path, out: Path, real: bool, window: int, tta: bool) -> dict:
+def child(scene: Path, out: Path, real: bool, window: int, tta: bool, gdal_cache_mb: int | None) -> dict:
     """One prediction in this process; returns its figures."""
     import keras_glacier  # noqa: F401  (backend first)
+    from keras_glacier.scenes import predict as scene_predict
     from keras_glacier.scenes import predict_scene
     from keras_glacier.scenes.model_info import ModelInfo
+
+    if gdal_cache_mb is not None:
+        scene_predict.GDAL_CACHE_MB = gdal_cache_mb
 
     if real:
         from convert.parity import randomize_weights
@@ -88,8 +92,9 @@ def child(scene: Path, out: Path, real: bool, window: int, tta: bool) -> dict:
             "outlines": sum(c.polygons for c in summary.outlines.classes)}
 
 
-def run_child(scene: Path, out: Path, real: bool, window: int, tta: bool) -> dict:
+def run_child(scene: Path, out: Path, real: bool, window: int, tta: bool, gdal_cache_mb: int | None = None) -> dict:
     command = [sys.executable, "-m", "benchmarks.scenes", "--child", str(scene), str(out), "--window", str(window)]
+    command += [] if gdal_cache_mb is None else ["--gdal-cache-mb", str(gdal_cache_mb)]
     command += (["--real"] if real else []) + ([] if tta else ["--no-tta"])
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode:
@@ -103,19 +108,27 @@ def main(argv=None) -> int:
     parser.add_argument("--real", action="store_true", help="also run the Keras network on the smallest scene")
     parser.add_argument("--window", type=int, default=1024)
     parser.add_argument("--no-tta", action="store_true")
+    parser.add_argument("--gdal-cache-mb", type=int, default=None,
+                        help="also run the largest scene with GDAL's block cache at this size instead of "
+                        "predict_scene's cap (e.g. GDAL's own default, 5%% of the memory)")
     parser.add_argument("--child", nargs=2, type=Path, metavar=("SCENE", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        print(json.dumps(child(*args.child, args.real, args.window, not args.no_tta)))
+        print(json.dumps(child(*args.child, args.real, args.window, not args.no_tta, args.gdal_cache_mb)))
         return 0
     sizes = QUICK_SIZES if args.quick else SIZES
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for height, width in sizes:
             scene = make_scene(Path(tmp) / f"scene_{height}x{width}", height, width)
-            runs = [("fake", False)] + ([("keras", True)] if args.real and (height, width) == sizes[0] else [])
-            for label, real in runs:
-                figures = run_child(scene, Path(tmp) / f"out_{height}_{label}", real, args.window, not args.no_tta)
+            runs = [("fake", False, None)]
+            if args.real and (height, width) == sizes[0]:
+                runs.append(("keras", True, None))
+            if args.gdal_cache_mb and (height, width) == sizes[-1]:
+                runs.append((f"fake, GDAL cache {args.gdal_cache_mb} MB", False, args.gdal_cache_mb))
+            for label, real, cache in runs:
+                figures = run_child(scene, Path(tmp) / f"out_{height}_{len(rows)}", real, args.window,
+                                    not args.no_tta, cache)
                 whole = height * width * 5 * 4 / 2**20
                 rows.append((f"{width}x{height}", label, figures["windows"], f"{figures['seconds']:.1f}",
                              f"{figures['baseline_mib']:.0f}", f"{figures['peak_mib']:.0f}",

@@ -27,6 +27,7 @@ from keras_glacier.scenes.model_info import ModelInfo, model_info, nodata_value
 from keras_glacier.scenes.outlines import OutlineSummary, write_outlines
 
 DEFAULT_MIN_AREA = 0.01  # km2: the Randolph Glacier Inventory's smallest glacier
+GDAL_CACHE_MB = 128  # GDAL block cache during a scene: a strip's blocks of five bands fit (benchmarks/scenes.py)
 UNIT_CHECK_SPAN = 2.0  # a band whose median lies this many training ranges outside it is in other units
 
 
@@ -108,7 +109,28 @@ def class_mask(probability: np.ndarray, nodata: np.ndarray, info: ModelInfo, thr
     return mask
 
 
-def predict_scene(
+def predict_scene(model, scene, out, **options) -> SceneSummary:
+    """Predict a whole scene; write ``<name>_mask.tif``, ``<name>_outlines.geojson`` / ``.gpkg`` (and probabilities).
+
+    ``model``: a run folder, ``.keras`` file or ``keras.Model`` (``keras_glacier.inference.load_run``),
+    or a :class:`ModelInfo` together with ``forward`` (any ``solution.Forward``; tests and benchmarks).
+    ``scene``: a multi-band GeoTIFF or a folder of per-band GeoTIFFs. Options: ``band_map`` {model
+    band: file, scene band name, or 1-based stack band}; ``tta``, ``window``, ``overlap``,
+    ``batch_size`` as for tiles; ``threshold`` (None: the model's); ``probabilities``; ``min_area``
+    (km2 below which outline polygons are left out; the mask keeps every pixel); ``progress``
+    (None: a bar on a terminal); ``forward``; ``warn``/``log`` (where warnings and the band table go,
+    default stderr).
+
+    GDAL's block cache is capped for the run: by default it may take 5% of the machine's memory,
+    and it fills with the blocks of every strip read and written, so it, not the strips, would make
+    the peak grow with the scene (benchmarks/scenes.py).
+    """
+    rasterio, _ = require_geo()
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
+        return _predict_scene(model, scene, out, **options)
+
+
+def _predict_scene(
     model,
     scene: str | os.PathLike,
     out: str | os.PathLike,
@@ -125,15 +147,6 @@ def predict_scene(
     warn: Callable[[str], None] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> SceneSummary:
-    """Predict a whole scene; write ``<name>_mask.tif``, ``<name>_outlines.geojson`` / ``.gpkg`` (and probabilities).
-
-    ``model``: a run folder, ``.keras`` file or ``keras.Model`` (``keras_glacier.inference.load_run``),
-    or a :class:`ModelInfo` together with ``forward`` (any ``solution.Forward``; tests and benchmarks).
-    ``scene``: a multi-band GeoTIFF or a folder of per-band GeoTIFFs. ``band_map``: {model band: file,
-    scene band name, or 1-based stack band}. ``threshold``: None means the model's. ``min_area``: km2
-    below which outline polygons are left out (the mask keeps every pixel). ``warn``/``log``: where
-    warnings and the band table go (default stderr).
-    """
     from tqdm import tqdm
 
     from keras_glacier.inference import check_threshold, check_tiling
