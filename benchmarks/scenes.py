@@ -25,7 +25,9 @@ import numpy as np
 
 PRODUCT = "LC08_L2SP_140041_20201030_20201106_02_T1"
 FILES = ("SR_B2", "SR_B3", "SR_B4", "SR_B6", "ST_B10")
-SIZES = ((2000, 2000), (7961, 8001))  # "2k" and "8k" (a real scene's odd size: every padding path runs)
+#: (height, width): "2k", a 2k-wide scene four times as tall, and "8k" (a real scene's odd size: every
+#: padding path runs). Memory should follow the width (a strip), not the height.
+SIZES = ((2000, 2000), (7961, 2000), (7961, 8001))
 QUICK_SIZES = ((300, 500),)
 COLLAR = 150
 
@@ -64,8 +66,8 @@ def child(scene: Path, out: Path, real: bool, window: int, tta: bool, gdal_cache
     from keras_glacier.scenes import predict_scene
     from keras_glacier.scenes.model_info import ModelInfo
 
-    if gdal_cache_mb is not None:
-        scene_predict.GDAL_CACHE_MB = gdal_cache_mb
+    if gdal_cache_mb is not None:  # 0: GDAL's own default (5% of the memory)
+        scene_predict.GDAL_CACHE_MB = gdal_cache_mb or None
 
     if real:
         from convert.parity import randomize_weights
@@ -110,13 +112,16 @@ def main(argv=None) -> int:
     parser.add_argument("--no-tta", action="store_true")
     parser.add_argument("--gdal-cache-mb", type=int, default=None,
                         help="also run the largest scene with GDAL's block cache at this size instead of "
-                        "predict_scene's cap (e.g. GDAL's own default, 5%% of the memory)")
+                        "predict_scene's cap (0: GDAL's own default, 5%% of the memory)")
+    parser.add_argument("--sizes", nargs="+", default=None, metavar="HxW", help="scene sizes to run instead")
     parser.add_argument("--child", nargs=2, type=Path, metavar=("SCENE", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         print(json.dumps(child(*args.child, args.real, args.window, not args.no_tta, args.gdal_cache_mb)))
         return 0
     sizes = QUICK_SIZES if args.quick else SIZES
+    if args.sizes:
+        sizes = tuple(tuple(int(n) for n in size.lower().split("x")) for size in args.sizes)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for height, width in sizes:
@@ -124,7 +129,7 @@ def main(argv=None) -> int:
             runs = [("fake", False, None)]
             if args.real and (height, width) == sizes[0]:
                 runs.append(("keras", True, None))
-            if args.gdal_cache_mb and (height, width) == sizes[-1]:
+            if args.gdal_cache_mb is not None and (height, width) == sizes[-1]:
                 runs.append((f"fake, GDAL cache {args.gdal_cache_mb} MB", False, args.gdal_cache_mb))
             for label, real, cache in runs:
                 figures = run_child(scene, Path(tmp) / f"out_{height}_{len(rows)}", real, args.window,

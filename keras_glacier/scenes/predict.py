@@ -126,7 +126,7 @@ def predict_scene(model, scene, out, **options) -> SceneSummary:
     the peak grow with the scene (benchmarks/scenes.py).
     """
     rasterio, _ = require_geo()
-    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
+    with rasterio.Env(**({} if GDAL_CACHE_MB is None else {"GDAL_CACHEMAX": GDAL_CACHE_MB})):
         return _predict_scene(model, scene, out, **options)
 
 
