@@ -126,7 +126,8 @@ def predict_scene(model, scene, out, **options) -> SceneSummary:
     the peak grow with the scene (benchmarks/scenes.py).
     """
     rasterio, _ = require_geo()
-    with rasterio.Env(**({} if GDAL_CACHE_MB is None else {"GDAL_CACHEMAX": GDAL_CACHE_MB})):
+    # rasterio hands GDAL_CACHEMAX to GDALSetCacheMax64: bytes, not GDAL's "small numbers are MB".
+    with rasterio.Env(**({} if GDAL_CACHE_MB is None else {"GDAL_CACHEMAX": GDAL_CACHE_MB * 2**20})):
         return _predict_scene(model, scene, out, **options)
 
 
