@@ -253,6 +253,14 @@ def test_band_map_overrides_and_checks_names(tmp_path):
         parse_band_map("B1")
 
 
+def test_band_map_numbers_the_bands_of_a_stack(tmp_path):
+    stack = [SceneBand(tmp_path / "s.tif", i, None, f"band {i}") for i in range(1, 7)]
+    result = match_bands(tmp_path / "s.tif", ("B1", "B2"), stack, parse_band_map("B1=6,B2=3"), stack=True)
+    assert [source.index for source in result.sources] == [6, 3]
+    with pytest.raises(InputError, match="has bands 1..6"):
+        match_bands(tmp_path / "s.tif", ("B1",), stack, parse_band_map("B1=7"), stack=True)
+
+
 def test_model_band_names_fallbacks():
     warnings = []
     names, source = band_names(5, {"band_names": ["B2", "B3", "B4", "B6", "B10"]}, {"bands": [0, 1, 2, 4, 5]},
