@@ -208,6 +208,9 @@ def test_match_landsat8_and_landsat7_products_to_the_competition_bands(tmp_path)
     # A model named in the competition's Landsat 8/9 names takes the same Landsat 7 files.
     result = match_bands(tmp_path, ("B2", "B3", "B4", "B6", "B10"), l7)
     assert [label.rsplit("_T1_", 1)[1] for label in matched(result)][3:] == ["B5.TIF", "B6_VCID_1.TIF"]
+    # A model's plain B6 is the competition's SWIR-1 (HKH names its thermal bands B6_VCID1/2).
+    result = match_bands(tmp_path, ("B2", "B6"), l7)
+    assert [label.rsplit("_T1_", 1)[1] for label in matched(result)] == ["B1.TIF", "B5.TIF"]
 
 
 def test_match_plain_names_uses_the_band_only_one_numbering_has(tmp_path):

@@ -118,8 +118,13 @@ def numbering_of(keys: Sequence[str]) -> str | None:
 
 
 def model_numbering(names: Sequence[str]) -> str:
-    """Model band names are HKH (Landsat 7) names unless one exists only in Landsat 8/9 (the competition's B10)."""
-    return numbering_of([band_key(name) for name in names]) or L7
+    """Model band names are HKH (Landsat 7) names unless one exists only in Landsat 8/9 (the competition's B10).
+
+    A plain ``B6`` counts as Landsat 8/9 here: the HKH table names its thermal bands B6_VCID1/2, so a
+    model's ``B6`` comes from the competition's files (SWIR-1), as keras_glacier.data.bands reads it.
+    """
+    keys = [band_key(name) for name in names]
+    return L8 if "B6" in keys else numbering_of(keys) or L7
 
 
 @dataclass(frozen=True)
