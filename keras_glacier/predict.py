@@ -161,10 +161,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "config.json, else 1,2,3,5,9); band folders are always read whole, in band order")
     parser.add_argument("--probabilities", action="store_true",
                         help=f"also write float32 probability TIFFs to OUT/{PROBABILITY_FOLDER}/")
+    parser.add_argument("--scene", help="instead of --data: a whole Landsat scene to a georeferenced mask and outlines "
+                        "(MODEL --scene PATH --out DIR --help lists its options)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if any(str(arg).split("=", 1)[0] == "--scene" for arg in argv):  # whole-scene mode, with its own flags
+        from keras_glacier.scenes.cli import main as scene_main
+
+        return scene_main(argv)
     args = build_parser().parse_args(argv)
     try:
         summary = predict_folder(

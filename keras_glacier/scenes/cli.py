@@ -1,0 +1,67 @@
+"""``python -m keras_glacier.predict MODEL --scene PATH --out DIR``: the scene mode of the predict command.
+
+``keras_glacier.predict.main`` hands any command line with ``--scene`` to :func:`main`, so the tile
+mode's parser stays as it is; the shared flags (window, overlap, batch size, TTA, threshold,
+probabilities) mean the same in both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from keras_glacier.scenes.predict import DEFAULT_MIN_AREA
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from keras_glacier.predict import DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP, DEFAULT_WINDOW
+
+    parser = argparse.ArgumentParser(
+        prog="python -m keras_glacier.predict",
+        description="Predict a whole Landsat scene: a georeferenced mask GeoTIFF in the model's class values, "
+        "and outlines (GeoJSON and GeoPackage) with the area of each polygon. Needs pip install -e '.[geo]'.",
+    )
+    parser.add_argument("model", help="run folder (its model.keras is used) or a .keras file")
+    parser.add_argument("--scene", required=True, type=Path,
+                        help="a multi-band GeoTIFF (bands named by their descriptions) or a folder of per-band "
+                        "GeoTIFFs (LC08_..._SR_B2.TIF, LE07_..._B1.TIF, B2.tif, ...)")
+    parser.add_argument("--out", required=True, type=Path, help="folder for <scene>_mask.tif and the outlines")
+    parser.add_argument("--band-map", action="append", default=None, metavar="BAND=SOURCE,...",
+                        help="feed a model band from a given file, scene band name or (for a stack) band number, "
+                        "e.g. B6_VCID1=LE07_x_B6_VCID_1.TIF or B1=2; repeatable; unmapped bands are matched by name")
+    parser.add_argument("--min-area", type=float, default=DEFAULT_MIN_AREA,
+                        help=f"leave outline polygons smaller than this many km2 out (default {DEFAULT_MIN_AREA}, "
+                        f"the RGI's smallest glacier); the mask keeps every pixel")
+    parser.add_argument("--probabilities", action="store_true",
+                        help="also write <scene>_probabilities.tif (float32, one band per output)")
+    parser.add_argument("--no-tta", action="store_true", help="predict each window once instead of four flips")
+    parser.add_argument("--window", type=int, default=DEFAULT_WINDOW,
+                        help=f"window size, a multiple of 16 (default {DEFAULT_WINDOW})")
+    parser.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP,
+                        help=f"minimum overlap of neighbouring windows, blended linearly (default {DEFAULT_OVERLAP})")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+                        help=f"images per forward pass, each TTA flip counting as one (default {DEFAULT_BATCH_SIZE})")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="binary models: glacier where probability > this (default: the model's, else 0.5)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from keras_glacier.inference import user_errors
+    from keras_glacier.scenes.bands import parse_band_map
+    from keras_glacier.scenes.predict import predict_scene
+
+    try:
+        summary = predict_scene(
+            args.model, args.scene, args.out, band_map=parse_band_map(args.band_map), tta=not args.no_tta,
+            window=args.window, overlap=args.overlap, batch_size=args.batch_size, threshold=args.threshold,
+            probabilities=args.probabilities, min_area=args.min_area,
+        )
+    except user_errors() as exc:
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+    print(summary.line())
+    return 0
