@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from keras_glacier.data.errors import InputError
-from keras_glacier.data.fileio import write_json
+from keras_glacier.fileio import write_json
 from keras_glacier.data.sources import Sample, Window, read_sample
 from keras_glacier.data.stats import BandStats
 
