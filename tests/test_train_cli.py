@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import subprocess
@@ -16,7 +17,14 @@ import pytest
 from keras_glacier import train
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["--demo-tiles", "8", "--demo-size", "64", "--batch-size", "2", "--workers", "1"]
+TINY = ["--demo-tiles", "8", "--demo-size", "64", "--batch-size", "2", "--workers", "1", "--bands", "seed",
+        "--samples-per-epoch", "6"]
+
+
+def run_cli(argv):
+    """The job as the command line runs it, in this process (returns the RunResult)."""
+    args = train.build_parser().parse_args(argv)
+    return train.train(train.config_from_args(args), resume=args.resume, overwrite=args.overwrite)
 
 
 def history_epochs(run_dir: Path) -> list[int]:
@@ -27,24 +35,28 @@ def history_epochs(run_dir: Path) -> list[int]:
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("run") / "demo"
-    result = train.run(train.build_parser().parse_args(["--out", str(run_dir), "--epochs", "2", *TINY]))
+    result = run_cli(["--out", str(run_dir), "--epochs", "2", *TINY])
     return run_dir, result
 
 
 def test_default_job_writes_every_artefact(finished_run):
     run_dir, result = finished_run
-    for name in ("model.keras", "best.keras", "model.pth", "stats.json", "config.json", "split.json",
+    for name in ("model.keras", "best.keras", "model.pth", "stats.json", "config.json", "run.json", "split.json",
                  "metrics.json", "history.csv", "curves.png", "predictions.png"):
         assert (run_dir / name).is_file(), name
     assert not (run_dir / "backup").exists(), "a finished run keeps no resume backup"
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert set(metrics) >= {"mcc", "iou", "f1", "precision", "recall", "r2"}
-    assert metrics == result["metrics"]
+    assert set(metrics) >= {"mcc", "iou", "f1", "precision", "recall", "r2", "threshold", "threshold_mcc"}
+    assert metrics == result.metrics and result.run_dir == run_dir
+    assert 0 < metrics["threshold"] < 1 and metrics["threshold_mcc"] >= metrics["mcc"] - 1e-6
     assert history_epochs(run_dir) == [0, 1]
     split = json.loads((run_dir / "split.json").read_text())
     assert set(split["train_scenes"]).isdisjoint(split["val_scenes"])
     config = json.loads((run_dir / "config.json").read_text())
-    assert config["bands_used"] == [1, 2, 3, 5, 9] and config["epochs"] == 2
+    assert config == dataclasses.asdict(result.config) and config["epochs"] == 2 and config["bands"] == "seed"
+    facts = json.loads((run_dir / "run.json").read_text())
+    assert facts["bands_used"] == [1, 2, 3, 5, 9] and facts["threshold"] == metrics["threshold"]
+    assert facts["samples_per_epoch"] == 6 and facts["steps_per_epoch"] == 3
 
 
 def test_saved_model_carries_the_run_statistics(finished_run):
@@ -77,23 +89,17 @@ class KillAfterEpoch(keras.callbacks.Callback):
             raise RuntimeError("killed")
 
 
-def test_resume_continues_from_the_saved_epoch(tmp_path, monkeypatch):
+def test_resume_continues_from_the_saved_epoch(tmp_path):
     run_dir = tmp_path / "run"
-    original = train.make_callbacks
-
-    def with_killer(*args, **kwargs):
-        return [*original(*args, **kwargs), KillAfterEpoch(0)]
-
-    monkeypatch.setattr(train, "make_callbacks", with_killer)
+    args = train.build_parser().parse_args(["--out", str(run_dir), "--epochs", "2", "--no-export", *TINY])
     with pytest.raises(RuntimeError, match="killed"):
-        train.run(train.build_parser().parse_args(["--out", str(run_dir), "--epochs", "2", "--no-export", *TINY]))
+        train.train(train.config_from_args(args), callbacks=[KillAfterEpoch(0)])
     assert (run_dir / "backup").is_dir() and not (run_dir / "model.keras").exists()
     assert history_epochs(run_dir) == [0]
-    monkeypatch.setattr(train, "make_callbacks", original)
 
     seen = []
-    monkeypatch.setattr(train, "make_callbacks", lambda *a, **k: [*original(*a, **k), RecordEpochs(seen)])
-    train.run(train.build_parser().parse_args(["--out", str(run_dir), "--resume"]))
+    args = train.build_parser().parse_args(["--out", str(run_dir), "--resume"])
+    train.train(train.config_from_args(args), resume=True, callbacks=[RecordEpochs(seen)])
     assert seen == [1], "the resumed run starts at the epoch after the last completed one"
     assert history_epochs(run_dir) == [0, 1]
     assert (run_dir / "model.keras").is_file()
@@ -116,6 +122,8 @@ class RecordEpochs(keras.callbacks.Callback):
         (["--alpha", "2"], "--alpha"),
         (["--resume"], "--resume needs --out"),
         (["--pretrained", "/no/such/file.pth"], "no such file"),
+        (["--samples-per-epoch", "0"], "--samples-per-epoch"),
+        (["--task", "multiclass", "--threshold", "0.3"], "binary task only"),
     ],
 )
 def test_user_mistakes_get_one_line(argv, expected, tmp_path, capsys):
@@ -190,7 +198,7 @@ def test_trained_model_scores_the_same_in_keras_and_in_solution(finished_run, tm
     run_dir, _ = finished_run
     _, val = load_split(run_dir / "split.json", discover(run_dir / "demo_data").samples)
     band_dir = tmp_path / "val_bands"
-    export_band_folders(val, (1, 2, 3, 5, 9), band_dir)
+    export_band_folders(val, json.loads((run_dir / "run.json").read_text())["bands_used"], band_dir)
     keras_report = evaluate(band_dir, model=run_dir, progress=False)
     masks = solution.maskgeration(str(band_dir), str(tmp_path / "pred"), weights=run_dir / "model.pth",
                                   progress=False)
@@ -218,8 +226,7 @@ def test_pretrained_torchvision_weights_initialise_the_encoder(tmp_path):
     path = tmp_path / "resnet34.pth"
     torch.save(state, path)
     stats = BandStats(lo=(0.0,) * 5, hi=(1.0,) * 5, mean=(0.5,) * 5, std=(0.2,) * 5)
-    settings = dict(train.DEFAULTS, pretrained=str(path))
-    model = train.build_model(settings, stats, num_bands=5)
+    model = train.build_model(train.TrainConfig(pretrained=str(path)), stats, num_bands=5)
     backbone = model.get_layer("backbone")
     kernel = backbone.get_layer("layer3.2.conv1").kernel.numpy()
     np.testing.assert_allclose(kernel, state["layer3.2.conv1.weight"].numpy().transpose(2, 3, 1, 0))
