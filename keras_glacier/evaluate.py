@@ -49,7 +49,6 @@ from keras_glacier.inference import (
     output_name,
     predict_probabilities,
     shared,
-    user_errors,
 )
 from keras_glacier.metrics import ConfusionCounts, confusion_counts, scores_from_counts
 
@@ -379,20 +378,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def run_job(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        report = evaluate(
-            args.labels_from, out_dir=args.out, pred_dir=args.pred, model=args.model, split=args.split,
-            subset=args.subset, bands=args.bands, threshold=args.threshold, window=args.window,
-            overlap=args.overlap, batch_size=args.batch_size, worst=args.worst,
-        )
-    except user_errors() as exc:
-        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 2
+    report = evaluate(
+        args.labels_from, out_dir=args.out, pred_dir=args.pred, model=args.model, split=args.split,
+        subset=args.subset, bands=args.bands, threshold=args.threshold, window=args.window,
+        overlap=args.overlap, batch_size=args.batch_size, worst=args.worst,
+    )
     print(format_table(report))
     print(f"report: {args.out}")
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from keras_glacier.cli import run
+
+    return run(run_job, argv)
 
 
 if __name__ == "__main__":

@@ -40,7 +40,6 @@ from keras_glacier.inference import (
     reference_tiff,
     shared,
     solution_module,
-    user_errors,
 )
 
 DEFAULT_WINDOW = 1024
@@ -164,19 +163,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def run_job(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        summary = predict_folder(
-            args.model, args.data, args.out, tta=not args.no_tta, window=args.window, overlap=args.overlap,
-            batch_size=args.batch_size, threshold=args.threshold, bands=args.bands,
-            probabilities=args.probabilities,
-        )
-    except user_errors() as exc:
-        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 2
+    summary = predict_folder(
+        args.model, args.data, args.out, tta=not args.no_tta, window=args.window, overlap=args.overlap,
+        batch_size=args.batch_size, threshold=args.threshold, bands=args.bands,
+        probabilities=args.probabilities,
+    )
     print(summary.line(not args.no_tta))
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from keras_glacier.cli import run
+
+    return run(run_job, argv)
 
 
 if __name__ == "__main__":
