@@ -217,6 +217,16 @@ class TrainConfig:
             raise UsageError(f"{path} does not exist, so {run_dir} holds no run")
         return cls.from_json(path)
 
+    def to_argv(self) -> list[str]:
+        """The command-line flags that give this config (fields left at their default are omitted)."""
+        argv = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value == f.default:
+                continue
+            argv += [flag_of(f.name)] if isinstance(value, bool) else [flag_of(f.name), str(value)]
+        return argv
+
     def replace(self, **changes) -> TrainConfig:
         return dataclasses.replace(self, **changes)
 

@@ -35,6 +35,8 @@ BINARY_METRICS = ("mcc", "iou", "f1", "precision", "recall", "r2", "loss")
 MONITOR, MONITOR_MODE = "val_mcc", "max"
 #: Band presets of the contract (keras_glacier/data/bands.py owns the table once the data room lands).
 _FALLBACK_PRESETS = {"competition": (0, 1, 2, 4, 5), "seed": (1, 2, 3, 5, 9)}
+_FALLBACK_HKH_CHANNELS = ("B1", "B2", "B3", "B4", "B5", "B6_VCID1", "B6_VCID2", "B7", "B8", "BQA", "NDVI", "NDSI",
+                          "NDWI", "elevation", "slope")
 
 
 # ------------------------------------------------------------------------------------ devices
@@ -87,12 +89,12 @@ def resolve_bands(source, spec: str) -> tuple[tuple[int, ...], list[str]]:
     parse = getattr(band_table, "resolve_band_spec", None)
     if parse is not None:
         return parse(spec, source)
-    names = getattr(source, "band_names", ()) or ()
+    names = getattr(source, "band_names", ()) or _FALLBACK_HKH_CHANNELS
     key = spec.strip().lower()
     if source.kind == "tiff" and not spec.strip()[0].isdigit():
         indices = source.default_bands  # band folders: all of them, in order
     elif key == "all":
-        indices = tuple(range(15))
+        indices = tuple(range(len(_FALLBACK_HKH_CHANNELS)))
     elif key in _FALLBACK_PRESETS:
         indices = _FALLBACK_PRESETS[key]
     else:

@@ -34,6 +34,12 @@ def test_no_flags_give_the_field_defaults_and_flags_override_them():
                                                  samples_per_epoch=64, bands="1,2,3")
 
 
+def test_to_argv_gives_the_same_config():
+    config = TrainConfig(epochs=3, augment=False, export=False, threshold=0.25, bands="seed", crop=128)
+    assert config_from_args(build_parser().parse_args(config.to_argv())) == config
+    assert TrainConfig().to_argv() == []
+
+
 def test_config_json_round_trip_is_json_plain():
     config = TrainConfig(data="/tmp/x", epochs=7, threshold=0.3, pretrained="imagenet", bands=(0, 1, 2))
     text = json.dumps(config.to_dict())
