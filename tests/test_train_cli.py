@@ -35,7 +35,8 @@ def history_epochs(run_dir: Path) -> list[int]:
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("run") / "demo"
-    result = run_cli(["--out", str(run_dir), "--epochs", "2", *TINY])
+    # A higher peak rate than the default, so the two epochs differ (issue 16: max vs min mode must matter).
+    result = run_cli(["--out", str(run_dir), "--epochs", "2", *TINY, "--samples-per-epoch", "8", "--lr", "3e-3"])
     return run_dir, result
 
 
@@ -56,7 +57,7 @@ def test_default_job_writes_every_artefact(finished_run):
     assert config == dataclasses.asdict(result.config) and config["epochs"] == 2 and config["bands"] == "seed"
     facts = json.loads((run_dir / "run.json").read_text())
     assert facts["bands_used"] == [1, 2, 3, 5, 9] and facts["threshold"] == metrics["threshold"]
-    assert facts["samples_per_epoch"] == 6 and facts["steps_per_epoch"] == 3
+    assert facts["samples_per_epoch"] == 8 and facts["steps_per_epoch"] == 4
 
 
 def test_saved_model_carries_the_run_statistics(finished_run):
@@ -234,3 +235,47 @@ def test_pretrained_torchvision_weights_initialise_the_encoder(tmp_path):
     rgb = state["conv1.weight"].numpy().transpose(2, 3, 1, 0)
     for band in range(5):
         np.testing.assert_allclose(stem[:, :, band], rgb[:, :, band % 3] * 3 / 5, rtol=1e-6)
+
+
+def test_checkpoint_and_early_stopping_follow_the_validation_mcc_upwards(finished_run):
+    from keras_glacier.training import fit
+
+    run_dir, result = finished_run
+    _, bands, _, train_tiles, val, stats = fit.prepare_data(result.config, run_dir, resume=True)
+    train_seq, val_seq = fit.make_datasets(result.config, run_dir, train_tiles, val, stats, bands)
+    callbacks = fit.make_callbacks(result.config, run_dir, train_seq, val_seq, stats, resume=True)
+    watched = [c for c in callbacks if isinstance(c, (keras.callbacks.ModelCheckpoint, keras.callbacks.EarlyStopping))]
+    assert len(watched) == 2 and all((c.monitor, c.mode) == ("val_mcc", "max") for c in watched)
+
+
+def test_metrics_json_is_the_best_epoch_of_the_history(finished_run):
+    """The exported model is the epoch with the highest validation MCC (not the last, not the lowest)."""
+    from keras_glacier.callbacks import read_history
+
+    run_dir, result = finished_run
+    val_mcc = read_history(run_dir / "history.csv")["val_mcc"]
+    assert len(set(val_mcc)) > 1, f"the fixture's epochs must differ to tell max from min: {val_mcc}"
+    assert result.metrics["mcc"] == pytest.approx(max(val_mcc), abs=1e-5)
+
+
+def test_segmenter_from_the_run_predicts_like_the_predict_command(finished_run):
+    import numpy as np
+
+    import keras_glacier
+    from keras_glacier.inference import keras_forward, load_run, predict_probabilities
+
+    run_dir, result = finished_run
+    segmenter = keras_glacier.Segmenter.from_run(run_dir)
+    assert segmenter.threshold == pytest.approx(result.threshold) and segmenter.bands == [1, 2, 3, 5, 9]
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0.0, 0.5, (2, 64, 64, 5)).astype(np.float32)
+    images[..., 4] += 260.0
+    probs = segmenter.predict(images)
+    expected = predict_probabilities(keras_forward(load_run(run_dir).model), list(images))
+    assert probs.shape == (2, 64, 64)
+    np.testing.assert_allclose(probs, np.stack(expected), atol=1e-5)
+    labels = segmenter.predict(images, return_labels=True)
+    np.testing.assert_array_equal(labels, (probs > segmenter.threshold).astype(np.uint8))
+    assert keras_glacier.Segmenter.from_run(run_dir / "model.keras").predict(images[0], tta=False).shape == (64, 64)
+    with pytest.raises(keras_glacier.errors.InputError, match="raw bands"):
+        segmenter.predict(images[..., :3])
