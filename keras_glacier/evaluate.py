@@ -51,6 +51,7 @@ from keras_glacier.inference import (
     shared,
 )
 from keras_glacier.metrics import ConfusionCounts, confusion_counts, scores_from_counts
+from keras_glacier.predict import DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP, DEFAULT_WINDOW
 
 SCORE_NAMES = ("mcc", "iou", "f1", "precision", "recall")
 COUNT_NAMES = ("tp", "fp", "fn", "tn")
@@ -207,9 +208,9 @@ def evaluate(
     subset: str | None = None,
     bands: Sequence[int] | None = None,
     threshold: float = 0.5,
-    window: int = 1024,
-    overlap: int = 128,
-    batch_size: int = 4,
+    window: int = DEFAULT_WINDOW,
+    overlap: int = DEFAULT_OVERLAP,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     worst: int = DEFAULT_WORST,
     progress: bool | None = None,
 ) -> dict:
@@ -367,9 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "1,2,3,5,9); they also define no-data pixels, which are ignored")
     parser.add_argument("--threshold", type=float, default=0.5,
                         help="glacier when probability > threshold, for --model and probability TIFFs (default 0.5)")
-    parser.add_argument("--window", type=int, default=1024, help="--model: tiling window, a multiple of 16")
-    parser.add_argument("--overlap", type=int, default=128, help="--model: minimum overlap of windows")
-    parser.add_argument("--batch-size", type=int, default=4,
+    parser.add_argument("--window", type=int, default=DEFAULT_WINDOW, help="--model: tiling window, a multiple of 16")
+    parser.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP, help="--model: minimum overlap of windows")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
                         help="tiles read at a time, and with --model images per forward pass, each TTA flip counting "
                              "as one (default 4)")
     parser.add_argument("--worst", type=int, default=DEFAULT_WORST,

@@ -42,9 +42,9 @@ from keras_glacier.inference import (
     solution_module,
 )
 
-DEFAULT_WINDOW = 1024
-DEFAULT_OVERLAP = 128
-DEFAULT_BATCH_SIZE = 4
+# The tiling defaults have one definition, solution.py's (the submission tiles the same way).
+from solution import DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP, DEFAULT_WINDOW  # noqa: E402
+
 PROBABILITY_FOLDER = "probabilities"
 
 

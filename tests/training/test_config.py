@@ -143,3 +143,16 @@ def test_import_keras_glacier_stays_light():
             "print('keras' in sys.modules, 'jax' in sys.modules, callable(keras_glacier.train))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.stdout.split() == ["False", "False", "True"], done.stderr[-2000:]
+
+
+def test_folds_hold_out_disjoint_scenes_that_cover_the_data(demo_npy_source):
+    from keras_glacier.training.fit import fold_split
+
+    samples = demo_npy_source.samples  # 3 scenes
+    held = [fold_split(samples, k, 3, seed=0)[1] for k in range(3)]
+    scenes = [{s.scene_id for s in val} for val in held]
+    assert all(len(s) == 1 for s in scenes) and set().union(*scenes) == {s.scene_id for s in samples}
+    train, val = fold_split(samples, 1, 3, seed=0)
+    assert {s.scene_id for s in train}.isdisjoint({s.scene_id for s in val}) and len(train) + len(val) == 12
+    with pytest.raises(UsageError, match="--folds 4: the data has only 3 scenes"):
+        fold_split(samples, 0, 4)
