@@ -384,13 +384,13 @@ def train(config: TrainConfig | None = None, *, resume: bool = False, overwrite:
         check_resumed_config(run_dir, config)
     if config.folds == 1:
         return train_one(config, run_dir, resume, callbacks)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(run_dir / CONFIG_FILE, config.to_dict())  # first, so that an interrupted K-fold run resumes
     results = []
     for fold in range(config.folds):
         fold_dir = run_dir / f"fold-{fold + 1}"
         again = resume and (fold_dir / CONFIG_FILE).is_file()
         results.append(train_one(config, fold_dir, again, callbacks, fold=(fold, config.folds)))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / CONFIG_FILE, config.to_dict())
     keys = [k for k in results[0].metrics if all(isinstance(r.metrics.get(k), float) for r in results)]
     mean = {k: float(np.mean([r.metrics[k] for r in results])) for k in keys}
     write_json(run_dir / METRICS_FILE, {"mean": mean, "folds": [r.metrics for r in results]})
@@ -408,7 +408,9 @@ def train_one(config: TrainConfig, run_dir: Path, resume: bool, extra_callbacks:
     run_dir.mkdir(parents=True, exist_ok=True)
     devices, precision = set_up_devices(config)
     source, bands, band_names, train_tiles, val, stats = prepare_data(config, run_dir, resume, fold)
-    write_json(run_dir / CONFIG_FILE, config.to_dict())
+    # A fold's folder is a run of its own (its split.json holds the fold): resuming it trains that fold only.
+    saved = config if fold is None else dataclasses.replace(config, folds=1, out=str(run_dir))
+    write_json(run_dir / CONFIG_FILE, saved.to_dict())
     classes = getattr(source, "class_names", None) if config.task == "multiclass" else None
     if config.task == "multiclass" and not classes:
         raise UsageError(f"--task multiclass: {source.root} gives no class names in this build")
