@@ -146,7 +146,7 @@ def test_import_keras_glacier_stays_light():
 
 
 def test_folds_hold_out_disjoint_scenes_that_cover_the_data(demo_npy_source):
-    from keras_glacier.training.fit import fold_split
+    from keras_glacier.training.data import fold_split
 
     samples = demo_npy_source.samples  # 3 scenes
     held = [fold_split(samples, k, 3, seed=0)[1] for k in range(3)]
