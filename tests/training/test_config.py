@@ -156,3 +156,19 @@ def test_folds_hold_out_disjoint_scenes_that_cover_the_data(demo_npy_source):
     assert {s.scene_id for s in train}.isdisjoint({s.scene_id for s in val}) and len(train) + len(val) == 12
     with pytest.raises(UsageError, match="--folds 4: the data has only 3 scenes"):
         fold_split(samples, 0, 4)
+
+
+def test_a_resumed_run_keeps_its_settings(tmp_path):
+    from keras_glacier.training.run_folder import check_resumed_config
+
+    saved = TrainConfig(epochs=5, seed=3, out=str(tmp_path))
+    (tmp_path / "config.json").write_text(json.dumps(saved.to_dict()))
+    check_resumed_config(tmp_path, saved.replace(epochs=9, workers=1))  # a larger budget is fine
+    with pytest.raises(UsageError, match=r"--resume: .* other settings: --crop 128 \(saved 256\)"):
+        check_resumed_config(tmp_path, saved.replace(crop=128))
+
+
+def test_precision_auto_is_float32_on_cpu():
+    from keras_glacier.training.fit import resolve_precision
+
+    assert resolve_precision("auto") == "float32" and resolve_precision("mixed_float16") == "mixed_float16"
