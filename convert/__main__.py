@@ -6,8 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from convert.export import ConversionInputError, convert_model, resolve_keras_path
-from convert.name_map import ConversionError
+from convert.export import convert_model, resolve_keras_path
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,20 +42,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def run_job(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        keras_path = resolve_keras_path(args.source)
-        out = Path(args.out) if args.out else keras_path.with_name("model.pth")
-        report = convert_model(keras_path, out, half=args.half, verify=not args.no_verify)
-    except ConversionInputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except ConversionError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    keras_path = resolve_keras_path(args.source)
+    out = Path(args.out) if args.out else keras_path.with_name("model.pth")
+    report = convert_model(keras_path, out, half=args.half, verify=not args.no_verify)
     print(report.summary())
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """ConversionInputError: exit 2; ConversionError (refused after checking): exit 1 (keras_glacier.cli)."""
+    from keras_glacier.cli import run
+
+    return run(run_job, argv)
 
 
 if __name__ == "__main__":

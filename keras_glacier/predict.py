@@ -40,12 +40,11 @@ from keras_glacier.inference import (
     reference_tiff,
     shared,
     solution_module,
-    user_errors,
 )
 
-DEFAULT_WINDOW = 1024
-DEFAULT_OVERLAP = 128
-DEFAULT_BATCH_SIZE = 4
+# The tiling defaults have one definition, solution.py's (the submission tiles the same way).
+from solution import DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP, DEFAULT_WINDOW  # noqa: E402
+
 PROBABILITY_FOLDER = "probabilities"
 
 
@@ -166,24 +165,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def run_job(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if any(str(arg).split("=", 1)[0] == "--scene" for arg in argv):  # whole-scene mode, with its own flags
-        from keras_glacier.scenes.cli import main as scene_main
+        from keras_glacier.scenes.cli import run_job as scene_job
 
-        return scene_main(argv)
+        return scene_job(argv)
     args = build_parser().parse_args(argv)
-    try:
-        summary = predict_folder(
-            args.model, args.data, args.out, tta=not args.no_tta, window=args.window, overlap=args.overlap,
-            batch_size=args.batch_size, threshold=args.threshold, bands=args.bands,
-            probabilities=args.probabilities,
-        )
-    except user_errors() as exc:
-        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 2
+    summary = predict_folder(
+        args.model, args.data, args.out, tta=not args.no_tta, window=args.window, overlap=args.overlap,
+        batch_size=args.batch_size, threshold=args.threshold, bands=args.bands,
+        probabilities=args.probabilities,
+    )
     print(summary.line(not args.no_tta))
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from keras_glacier.cli import run
+
+    return run(run_job, argv)
 
 
 if __name__ == "__main__":

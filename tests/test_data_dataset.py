@@ -212,3 +212,20 @@ def test_dataset_input_errors(demo_npy_source, demo_tiff_root, tmp_path, demo_st
     mixed = GlacierSequence(discover(small).samples, stats, bands, batch_size=2)
     with pytest.raises(InputError, match=r"tiles of different sizes in one batch \(slice_0_image_0\.npy"):
         mixed[0]
+
+
+def test_sampled_epochs_draw_crops_in_proportion_to_area(demo_npy_source, demo_stats):
+    """samples_per_epoch: the epoch is that many crops; a tile drawn twice gets two different crops."""
+    sequence = training_sequence(demo_npy_source, demo_stats, samples_per_epoch=30, batch_size=4, augment=None)
+    assert len(sequence) == 7  # 30 crops in batches of 4, the incomplete one dropped
+    order = sequence._epoch_state[1]
+    assert len(order) == 30 and np.bincount(order, minlength=12).min() >= 2  # 12 equal tiles: 2 or 3 each
+    first = all_batches(sequence)
+    assert_batches_equal(first, all_batches(training_sequence(
+        demo_npy_source, demo_stats, samples_per_epoch=30, batch_size=4, augment=None)))
+    x = np.concatenate([x for x, _ in first])
+    repeated = int(np.flatnonzero(np.bincount(order[:28]) >= 2)[0])
+    a, b = np.flatnonzero(order[:28] == repeated)[:2]
+    assert not np.array_equal(x[a], x[b], equal_nan=True)
+    with pytest.raises(ValueError, match="samples_per_epoch"):
+        GlacierSequence(demo_npy_source.samples, demo_stats, demo_npy_source.default_bands, samples_per_epoch=8)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import subprocess
@@ -16,7 +17,14 @@ import pytest
 from keras_glacier import train
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["--demo-tiles", "8", "--demo-size", "64", "--batch-size", "2", "--workers", "1"]
+TINY = ["--demo-tiles", "8", "--demo-size", "64", "--batch-size", "2", "--workers", "1", "--bands", "seed",
+        "--samples-per-epoch", "6"]
+
+
+def run_cli(argv):
+    """The job as the command line runs it, in this process (returns the RunResult)."""
+    args = train.build_parser().parse_args(argv)
+    return train.train(train.config_from_args(args), resume=args.resume, overwrite=args.overwrite)
 
 
 def history_epochs(run_dir: Path) -> list[int]:
@@ -27,24 +35,29 @@ def history_epochs(run_dir: Path) -> list[int]:
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("run") / "demo"
-    result = train.run(train.build_parser().parse_args(["--out", str(run_dir), "--epochs", "2", *TINY]))
+    # A higher peak rate than the default, so the two epochs differ (issue 16: max vs min mode must matter).
+    result = run_cli(["--out", str(run_dir), "--epochs", "2", *TINY, "--samples-per-epoch", "8", "--lr", "3e-3"])
     return run_dir, result
 
 
 def test_default_job_writes_every_artefact(finished_run):
     run_dir, result = finished_run
-    for name in ("model.keras", "best.keras", "model.pth", "stats.json", "config.json", "split.json",
+    for name in ("model.keras", "best.keras", "model.pth", "stats.json", "config.json", "run.json", "split.json",
                  "metrics.json", "history.csv", "curves.png", "predictions.png"):
         assert (run_dir / name).is_file(), name
     assert not (run_dir / "backup").exists(), "a finished run keeps no resume backup"
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert set(metrics) >= {"mcc", "iou", "f1", "precision", "recall", "r2"}
-    assert metrics == result["metrics"]
+    assert set(metrics) >= {"mcc", "iou", "f1", "precision", "recall", "r2", "threshold", "threshold_mcc"}
+    assert metrics == result.metrics and result.run_dir == run_dir
+    assert 0 < metrics["threshold"] < 1 and metrics["threshold_mcc"] >= metrics["mcc"] - 1e-6
     assert history_epochs(run_dir) == [0, 1]
     split = json.loads((run_dir / "split.json").read_text())
     assert set(split["train_scenes"]).isdisjoint(split["val_scenes"])
     config = json.loads((run_dir / "config.json").read_text())
-    assert config["bands_used"] == [1, 2, 3, 5, 9] and config["epochs"] == 2
+    assert config == dataclasses.asdict(result.config) and config["epochs"] == 2 and config["bands"] == "seed"
+    facts = json.loads((run_dir / "run.json").read_text())
+    assert facts["bands_used"] == [1, 2, 3, 5, 9] and facts["threshold"] == metrics["threshold"]
+    assert facts["samples_per_epoch"] == 8 and facts["steps_per_epoch"] == 4
 
 
 def test_saved_model_carries_the_run_statistics(finished_run):
@@ -77,23 +90,17 @@ class KillAfterEpoch(keras.callbacks.Callback):
             raise RuntimeError("killed")
 
 
-def test_resume_continues_from_the_saved_epoch(tmp_path, monkeypatch):
+def test_resume_continues_from_the_saved_epoch(tmp_path):
     run_dir = tmp_path / "run"
-    original = train.make_callbacks
-
-    def with_killer(*args, **kwargs):
-        return [*original(*args, **kwargs), KillAfterEpoch(0)]
-
-    monkeypatch.setattr(train, "make_callbacks", with_killer)
+    args = train.build_parser().parse_args(["--out", str(run_dir), "--epochs", "2", "--no-export", *TINY])
     with pytest.raises(RuntimeError, match="killed"):
-        train.run(train.build_parser().parse_args(["--out", str(run_dir), "--epochs", "2", "--no-export", *TINY]))
+        train.train(train.config_from_args(args), callbacks=[KillAfterEpoch(0)])
     assert (run_dir / "backup").is_dir() and not (run_dir / "model.keras").exists()
     assert history_epochs(run_dir) == [0]
-    monkeypatch.setattr(train, "make_callbacks", original)
 
     seen = []
-    monkeypatch.setattr(train, "make_callbacks", lambda *a, **k: [*original(*a, **k), RecordEpochs(seen)])
-    train.run(train.build_parser().parse_args(["--out", str(run_dir), "--resume"]))
+    args = train.build_parser().parse_args(["--out", str(run_dir), "--resume"])
+    train.train(train.config_from_args(args), resume=True, callbacks=[RecordEpochs(seen)])
     assert seen == [1], "the resumed run starts at the epoch after the last completed one"
     assert history_epochs(run_dir) == [0, 1]
     assert (run_dir / "model.keras").is_file()
@@ -116,6 +123,8 @@ class RecordEpochs(keras.callbacks.Callback):
         (["--alpha", "2"], "--alpha"),
         (["--resume"], "--resume needs --out"),
         (["--pretrained", "/no/such/file.pth"], "no such file"),
+        (["--samples-per-epoch", "0"], "--samples-per-epoch"),
+        (["--task", "multiclass", "--threshold", "0.3"], "binary task only"),
     ],
 )
 def test_user_mistakes_get_one_line(argv, expected, tmp_path, capsys):
@@ -190,7 +199,7 @@ def test_trained_model_scores_the_same_in_keras_and_in_solution(finished_run, tm
     run_dir, _ = finished_run
     _, val = load_split(run_dir / "split.json", discover(run_dir / "demo_data").samples)
     band_dir = tmp_path / "val_bands"
-    export_band_folders(val, (1, 2, 3, 5, 9), band_dir)
+    export_band_folders(val, json.loads((run_dir / "run.json").read_text())["bands_used"], band_dir)
     keras_report = evaluate(band_dir, model=run_dir, progress=False)
     masks = solution.maskgeration(str(band_dir), str(tmp_path / "pred"), weights=run_dir / "model.pth",
                                   progress=False)
@@ -218,8 +227,7 @@ def test_pretrained_torchvision_weights_initialise_the_encoder(tmp_path):
     path = tmp_path / "resnet34.pth"
     torch.save(state, path)
     stats = BandStats(lo=(0.0,) * 5, hi=(1.0,) * 5, mean=(0.5,) * 5, std=(0.2,) * 5)
-    settings = dict(train.DEFAULTS, pretrained=str(path))
-    model = train.build_model(settings, stats, num_bands=5)
+    model = train.build_model(train.TrainConfig(pretrained=str(path)), stats, num_bands=5)
     backbone = model.get_layer("backbone")
     kernel = backbone.get_layer("layer3.2.conv1").kernel.numpy()
     np.testing.assert_allclose(kernel, state["layer3.2.conv1.weight"].numpy().transpose(2, 3, 1, 0))
@@ -227,3 +235,47 @@ def test_pretrained_torchvision_weights_initialise_the_encoder(tmp_path):
     rgb = state["conv1.weight"].numpy().transpose(2, 3, 1, 0)
     for band in range(5):
         np.testing.assert_allclose(stem[:, :, band], rgb[:, :, band % 3] * 3 / 5, rtol=1e-6)
+
+
+def test_checkpoint_and_early_stopping_follow_the_validation_mcc_upwards(finished_run):
+    from keras_glacier.training import fit
+
+    run_dir, result = finished_run
+    _, bands, _, train_tiles, val, stats = fit.prepare_data(result.config, run_dir, resume=True)
+    train_seq, val_seq = fit.make_datasets(result.config, run_dir, train_tiles, val, stats, bands)
+    callbacks = fit.make_callbacks(result.config, run_dir, train_seq, val_seq, stats, resume=True)
+    watched = [c for c in callbacks if isinstance(c, (keras.callbacks.ModelCheckpoint, keras.callbacks.EarlyStopping))]
+    assert len(watched) == 2 and all((c.monitor, c.mode) == ("val_mcc", "max") for c in watched)
+
+
+def test_metrics_json_is_the_best_epoch_of_the_history(finished_run):
+    """The exported model is the epoch with the highest validation MCC (not the last, not the lowest)."""
+    from keras_glacier.callbacks import read_history
+
+    run_dir, result = finished_run
+    val_mcc = read_history(run_dir / "history.csv")["val_mcc"]
+    assert len(set(val_mcc)) > 1, f"the fixture's epochs must differ to tell max from min: {val_mcc}"
+    assert result.metrics["mcc"] == pytest.approx(max(val_mcc), abs=1e-5)
+
+
+def test_segmenter_from_the_run_predicts_like_the_predict_command(finished_run):
+    import numpy as np
+
+    import keras_glacier
+    from keras_glacier.inference import keras_forward, load_run, predict_probabilities
+
+    run_dir, result = finished_run
+    segmenter = keras_glacier.Segmenter.from_run(run_dir)
+    assert segmenter.threshold == pytest.approx(result.threshold) and segmenter.bands == [1, 2, 3, 5, 9]
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0.0, 0.5, (2, 64, 64, 5)).astype(np.float32)
+    images[..., 4] += 260.0
+    probs = segmenter.predict(images)
+    expected = predict_probabilities(keras_forward(load_run(run_dir).model), list(images))
+    assert probs.shape == (2, 64, 64)
+    np.testing.assert_allclose(probs, np.stack(expected), atol=1e-5)
+    labels = segmenter.predict(images, return_labels=True)
+    np.testing.assert_array_equal(labels, (probs > segmenter.threshold).astype(np.uint8))
+    assert keras_glacier.Segmenter.from_run(run_dir / "model.keras").predict(images[0], tta=False).shape == (64, 64)
+    with pytest.raises(keras_glacier.errors.InputError, match="raw bands"):
+        segmenter.predict(images[..., :3])

@@ -36,9 +36,9 @@ from pathlib import Path
 import numpy as np
 
 from keras_glacier.data.errors import InputError
-from keras_glacier.data.fileio import write_json
 from keras_glacier.data.sources import Sample, Window, read_sample
 from keras_glacier.data.stats import BandStats
+from keras_glacier.fileio import write_json
 
 CACHE_VERSION = 2
 #: Largest float16 rounding error accepted, as a fraction of a band's hi - lo.

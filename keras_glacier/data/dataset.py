@@ -5,8 +5,13 @@ the files, NaN or all-zero; the model's ``BandNormalization`` does the scaling, 
 inference see the same input), ``y`` float32 (B, H, W, 1) with 1 glacier, 0 background and 255
 (IGNORE_INDEX) for pixels outside the HKH region or without data.
 
+Training epochs are drawn by ``sampling.py`` when ``samples_per_epoch`` is given: that many crops,
+each tile supplying a share proportional to its area (so the epoch, and with it the schedule and
+early stopping, follows the amount of data rather than the number of files). Without it an epoch
+is one pass over the samples in a shuffled order, as validation and older callers expect.
+
 Determinism: the sample order of an epoch and every random choice for a sample (crop position,
-augmentation) derive from ``(seed, epoch, sample index)`` only, never from thread timing or batch
+augmentation) derive from ``(seed, epoch, position in the epoch, sample index)`` only, never from thread timing or batch
 composition, so a run can be repeated exactly. Keras calls ``on_epoch_end`` after each epoch,
 which moves to the next epoch's order. Keras 3 also draws batches once before the first epoch
 (to build the optimizer; the prefetched batches are thrown away) and then calls ``on_epoch_end``,
@@ -34,6 +39,7 @@ from keras_glacier.data.augment import AugmentConfig, Augmenter
 from keras_glacier.data.bands import check_bands
 from keras_glacier.data.cache import TileCache
 from keras_glacier.data.errors import InputError
+from keras_glacier.data.sampling import area_weights, epoch_draws, tile_shape
 from keras_glacier.data.sources import Sample, Window, read_sample
 from keras_glacier.data.stats import BandStats, as_band_stats
 
@@ -74,6 +80,8 @@ class GlacierSequence(keras.utils.PyDataset):
         drop_remainder: drop the last incomplete batch (default: when shuffling), so that every
             training step has one shape and the compiled step is not retraced; never drops the
             only batch.
+        samples_per_epoch: with ``shuffle``, draw this many crops per epoch from the samples in
+            proportion to their area (``sampling.py``) instead of one pass over the samples.
         workers, max_queue_size: Keras' prefetching (threads).
     """
 
@@ -90,6 +98,7 @@ class GlacierSequence(keras.utils.PyDataset):
         cache_dir: str | Path | None = None,
         random_crop: bool | None = None,
         drop_remainder: bool | None = None,
+        samples_per_epoch: int | None = None,
         workers: int = 2,
         max_queue_size: int = 8,
     ) -> None:
@@ -112,10 +121,17 @@ class GlacierSequence(keras.utils.PyDataset):
         self.seed = int(seed)
         self.random_crop = shuffle if random_crop is None else random_crop
         drop = shuffle if drop_remainder is None else drop_remainder
-        count = len(self.samples) / self.batch_size
+        if samples_per_epoch is not None and (not shuffle or samples_per_epoch < 1):
+            raise ValueError(f"samples_per_epoch ({samples_per_epoch}) needs shuffle=True and a positive count")
+        self.cache = TileCache.open_or_build(cache_dir, self.samples, self.bands, self.stats) if cache_dir else None
+        self.samples_per_epoch = samples_per_epoch
+        self.weights = None
+        if samples_per_epoch is not None:
+            shapes = self.cache.shapes if self.cache is not None else [tile_shape(s) for s in self.samples]
+            self.weights = area_weights(shapes)
+        count = (len(self.samples) if samples_per_epoch is None else samples_per_epoch) / self.batch_size
         self._num_batches = max(1, math.floor(count)) if drop else math.ceil(count)
         self.augmenter = Augmenter(augment, self.stats) if augment is not None else None
-        self.cache = TileCache.open_or_build(cache_dir, self.samples, self.bands, self.stats) if cache_dir else None
         self._served = False  # a batch was produced since the epoch started
         self.set_epoch(0)
 
@@ -139,6 +155,8 @@ class GlacierSequence(keras.utils.PyDataset):
     def _epoch_order(self, epoch: int) -> np.ndarray:
         if not self.shuffle:
             return np.arange(len(self.samples))
+        if self.weights is not None:
+            return epoch_draws(self.weights, self.samples_per_epoch, self.seed, epoch)
         return np.random.default_rng([self.seed, epoch]).permutation(len(self.samples))
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
@@ -146,8 +164,10 @@ class GlacierSequence(keras.utils.PyDataset):
             raise IndexError(f"batch {index} out of range ({self._num_batches} batches)")
         epoch, order = self._epoch_state
         self._served = True
-        chosen = order[index * self.batch_size : (index + 1) * self.batch_size]
-        pairs = [self.load(int(i), epoch) for i in chosen]
+        start = index * self.batch_size
+        chosen = order[start : start + self.batch_size]
+        draw = None if self.weights is None else range(start, start + len(chosen))
+        pairs = [self.load(int(i), epoch, None if draw is None else draw[k]) for k, i in enumerate(chosen)]
         shapes = {image.shape for image, _ in pairs}
         if len(shapes) > 1:
             names = ", ".join(self.samples[int(i)].name for i in chosen)
@@ -156,10 +176,16 @@ class GlacierSequence(keras.utils.PyDataset):
         y = np.stack([label for _, label in pairs])[..., None].astype(np.float32)
         return x, y
 
-    def load(self, sample_index: int, epoch: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """One sample as the batch sees it: (image float32 (h, w, C), label uint8 (h, w))."""
+    def load(self, sample_index: int, epoch: int | None = None, draw: int | None = None
+             ) -> tuple[np.ndarray, np.ndarray]:
+        """One sample as the batch sees it: (image float32 (h, w, C), label uint8 (h, w)).
+
+        ``draw``: the crop's position in a sampled epoch, so that a tile drawn twice in one epoch
+        gets two different crops and augmentations.
+        """
         epoch = self.epoch if epoch is None else epoch
-        rng = np.random.default_rng([self.seed, epoch, sample_index])
+        key = [self.seed, epoch, sample_index] if draw is None else [self.seed, epoch, sample_index, draw]
+        rng = np.random.default_rng(key)
         crop_rng = rng if self.random_crop else None
         if self.cache is not None:
             window = None

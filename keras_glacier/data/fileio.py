@@ -1,35 +1,5 @@
-"""Atomic file writes: a crash or a full disk never leaves a half-written file under the final name."""
+"""Re-export of ``keras_glacier.fileio`` (the one atomic-write helper), for the data layer's imports."""
 
-from __future__ import annotations
+from keras_glacier.fileio import atomic_write, write_json
 
-import json
-import os
-import tempfile
-from collections.abc import Callable
-from pathlib import Path
-from typing import Any
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> Path:
-    """Call ``write(temporary_path)``, then rename the temporary file over ``path``.
-
-    The temporary file sits next to ``path`` (same file system, so the rename is atomic), is
-    hidden (leading dot) and keeps the suffix, so writers that add an extension (``np.save``) or
-    pick a format from it (``tifffile``) behave as for the final name.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def write_json(path: str | os.PathLike, data: Any) -> Path:
-    """Indented JSON, written atomically (stats, splits and cache metadata are read by people too)."""
-    return atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8"))
+__all__ = ["atomic_write", "write_json"]

@@ -42,9 +42,9 @@ from keras_glacier.inference import (
     load_run,
     make_folder,
     predict_probabilities,
-    user_errors,
 )
 from keras_glacier.metrics import confusion_matrix
+from keras_glacier.predict import DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP, DEFAULT_WINDOW
 
 CSV_COLUMNS = ("tile", "variant", *COUNT_NAMES, *SCORE_NAMES)
 PRED, TTA, NO_TTA = "pred", "tta", "no_tta"
@@ -76,9 +76,9 @@ def evaluate(
     subset: str | None = None,
     bands: Sequence[int] | None = None,
     threshold: float | None = None,
-    window: int = 1024,
-    overlap: int = 128,
-    batch_size: int = 4,
+    window: int = DEFAULT_WINDOW,
+    overlap: int = DEFAULT_OVERLAP,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     worst: int = DEFAULT_WORST,
     progress: bool | None = None,
 ) -> dict:
@@ -300,9 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threshold", type=float, default=None,
                         help="binary: glacier when probability > threshold, for --model and probability TIFFs "
                         "(default: the model's stored threshold, else 0.5)")
-    parser.add_argument("--window", type=int, default=1024, help="--model: tiling window, a multiple of 16")
-    parser.add_argument("--overlap", type=int, default=128, help="--model: minimum overlap of windows")
-    parser.add_argument("--batch-size", type=int, default=4,
+    parser.add_argument("--window", type=int, default=DEFAULT_WINDOW, help="--model: tiling window, a multiple of 16")
+    parser.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP, help="--model: minimum overlap of windows")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
                         help="tiles read at a time, and with --model images per forward pass, each TTA flip counting "
                              "as one (default 4)")
     parser.add_argument("--worst", type=int, default=DEFAULT_WORST,
@@ -311,17 +311,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def run_job(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        report = evaluate(
-            args.labels_from, out_dir=args.out, pred_dir=args.pred, model=args.model, split=args.split,
-            subset=args.subset, bands=args.bands, threshold=args.threshold, window=args.window,
-            overlap=args.overlap, batch_size=args.batch_size, worst=args.worst,
-        )
-    except user_errors() as exc:
-        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 2
+    report = evaluate(
+        args.labels_from, out_dir=args.out, pred_dir=args.pred, model=args.model, split=args.split,
+        subset=args.subset, bands=args.bands, threshold=args.threshold, window=args.window,
+        overlap=args.overlap, batch_size=args.batch_size, worst=args.worst,
+    )
     print(format_table(report))
     print(f"report: {args.out}")
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from keras_glacier.cli import run
+
+    return run(run_job, argv)

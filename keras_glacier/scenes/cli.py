@@ -48,20 +48,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def run_job(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from keras_glacier.inference import user_errors
     from keras_glacier.scenes.bands import parse_band_map
     from keras_glacier.scenes.predict import predict_scene
 
-    try:
-        summary = predict_scene(
-            args.model, args.scene, args.out, band_map=parse_band_map(args.band_map), tta=not args.no_tta,
-            window=args.window, overlap=args.overlap, batch_size=args.batch_size, threshold=args.threshold,
-            probabilities=args.probabilities, min_area=args.min_area,
-        )
-    except user_errors() as exc:
-        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 2
+    summary = predict_scene(
+        args.model, args.scene, args.out, band_map=parse_band_map(args.band_map), tta=not args.no_tta,
+        window=args.window, overlap=args.overlap, batch_size=args.batch_size, threshold=args.threshold,
+        probabilities=args.probabilities, min_area=args.min_area,
+    )
     print(summary.line())
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from keras_glacier.cli import run
+
+    return run(run_job, argv)

@@ -1,0 +1,257 @@
+"""``TrainConfig``: every training setting, its default, its check and its help text, in one place.
+
+The command line (``python -m keras_glacier.train``) is derived from the fields: each field is one
+flag whose name, type, choices and help come from the field and its metadata, so a setting cannot
+exist in one and not the other (``tests/training/test_config.py`` asserts it). ``config.json`` in
+a run folder is ``dataclasses.asdict(config)``; ``--resume`` rebuilds the config from it
+(:meth:`TrainConfig.from_dict`), and files written by older versions (without the newer fields,
+with ``no_aug``/``no_export`` and run facts such as ``bands_used``) keep loading.
+
+This module imports neither keras nor numpy: ``keras_glacier.TrainConfig`` is cheap to use.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from keras_glacier.errors import UsageError
+
+PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
+TASKS = ("binary", "multiclass")
+LOSSES = ("bce_dice", "focal", "tversky", "lovasz")
+CLASS_WEIGHTS = ("none", "auto")
+DISTRIBUTIONS = ("none", "data_parallel")
+AUTO = "auto"
+
+#: Fields that ``--resume`` takes from the command line rather than from the saved config.json:
+#: raising the epoch budget and changing the loader threads do not change what the run learns
+#: from, so a resumed run stays the run it was.
+RESUMABLE = ("epochs", "workers")
+
+#: Keys of config.json files written before TrainConfig, mapped to their field.
+_LEGACY_FLAGS = {"no_aug": "augment", "no_export": "export"}
+
+
+def _setting(default: Any, help: str, *, flag: str | None = None, choices: tuple | None = None,
+             metavar: str | None = None) -> Any:
+    """A dataclass field with its command-line metadata (``help`` is shown by ``--help``)."""
+    metadata = {"help": help, "flag": flag, "choices": choices, "metavar": metavar}
+    return field(default=default, metadata=metadata)
+
+
+@dataclass
+class TrainConfig:
+    """The settings of one training run (see ``python -m keras_glacier.train --help``).
+
+    ``TrainConfig(epochs=20, crop=128)`` checks itself on creation (:meth:`check`) and raises
+    :class:`keras_glacier.errors.UsageError` naming the flag of a wrong value. ``keras_glacier.train(config)``
+    runs it; ``dataclasses.replace(config, seed=1)`` makes a variant.
+    """
+
+    data: str | None = _setting(
+        None, "dataset folder: HKH slice_<i>_image_<j>.npy / slice_<i>_mask_<j>.npy files, or band folders "
+        "Band1..BandN/*.tif with label/*.tif (detected). Absent: generate and train on the built-in synthetic "
+        "demo scenes.", metavar="FOLDER")
+    out: str | None = _setting(
+        None, "run folder for model.keras, model.pth, stats.json, config.json, split.json, history.csv, "
+        "curves.png, predictions.png (default: runs/demo or runs/<data folder name>, numbered -2, -3, ... "
+        "when it already holds a finished run)", metavar="RUN_DIR")
+    task: str = _setting(
+        "binary", "binary: glacier vs background (GlacierHack phase 1); multiclass: one class per label value "
+        "(clean ice / debris / lake, phase 2)", choices=TASKS)
+    bands: str = _setting(
+        "competition", "bands to train on: a preset (competition = B1,B2,B3,B5,B6_VCID1; seed; all), band names "
+        "(B2,B3,B4) or 0-based channel numbers of the .npy slices (1,2,3,5,9); band-folder data uses all its "
+        "band folders unless named", metavar="SPEC")
+    mask_layout: str = _setting(
+        AUTO, "layout of HKH .npy masks (auto: detected from the files)", metavar="LAYOUT")
+    epochs: int = _setting(40, "maximum number of epochs; an epoch is --samples-per-epoch training crops")
+    samples_per_epoch: int | None = _setting(
+        None, "training crops per epoch, drawn from the tiles with probability proportional to their area "
+        "(default: derived from the data, see keras_glacier.data.sampling; at least one per tile)", metavar="N")
+    batch_size: int = _setting(4, "crops per step, summed over devices with --distribute data_parallel")
+    crop: int = _setting(
+        256, "random square crop for training, a multiple of 16; tiles no larger than it are used whole "
+        "(use 512 on accelerators)")
+    lr: float = _setting(1e-3, "peak AdamW learning rate (after a linear warm-up, then cosine decay)")
+    weight_decay: float = _setting(1e-4, "AdamW weight decay")
+    loss: str = _setting(
+        "bce_dice", "training loss: bce_dice (alpha * BCE + (1 - alpha) * Dice), focal, tversky or lovasz",
+        choices=LOSSES)
+    alpha: float = _setting(0.5, "weight of the cross-entropy in bce_dice: alpha * BCE + (1 - alpha) * Dice")
+    class_weights: str = _setting(
+        "none", "multiclass: per-class loss weights; auto = inverse square root of the training class "
+        "frequencies (for rare classes such as debris)", choices=CLASS_WEIGHTS)
+    val_fraction: float = _setting(
+        0.2, "fraction of scenes held out for validation; split by scene, never by tile")
+    folds: int = _setting(
+        1, "train K scene-wise folds into RUN_DIR/fold-1 .. fold-K, each validating on its own scenes (1: one "
+        "split by --val-fraction)", metavar="K")
+    seed: int = _setting(0, "seed of the split, sampling, augmentation, initialisation and demo data")
+    threshold: str | float = _setting(
+        AUTO, "binary decision threshold on the glacier probability: auto = the one with the best MCC on the "
+        "validation tiles after training (stored in the model and model.pth), or a number in (0, 1)",
+        metavar="auto|T")
+    precision: str = _setting(
+        AUTO, "keras dtype policy; auto = float32 on CPU, mixed_bfloat16 on TPUs and GPUs that support it, "
+        "mixed_float16 on older GPUs", choices=PRECISIONS)
+    distribute: str = _setting(
+        "none", "data_parallel splits each batch over all devices (TPU cores, GPUs) with "
+        "keras.distribution.DataParallel", choices=DISTRIBUTIONS)
+    augment: bool = _setting(
+        True, "turn off training augmentation (flips, 90-degree rotations, brightness/contrast, noise)",
+        flag="--no-aug")
+    cache: bool = _setting(
+        False, "cache the selected bands of all tiles in one compact memmap in the run folder, so epochs after "
+        "the first do not re-read the source files")
+    pretrained: str | None = _setting(
+        None, "initialise the encoder: 'imagenet' (torchvision's ResNet-34 weights, downloaded once into the "
+        "torch hub cache and checked against their hash) or a torchvision-layout ResNet-34 state dict (.pth); "
+        "the 3-channel stem is adapted to the number of bands", metavar="imagenet|FILE")
+    patience: int = _setting(10, "stop after this many epochs without a better validation MCC")
+    workers: int = _setting(2, "loader threads")
+    demo_tiles: int = _setting(64, "with no --data: number of demo tiles to generate")
+    demo_size: int = _setting(128, "with no --data: height and width of the demo tiles")
+    export: bool = _setting(True, "skip writing and verifying model.pth at the end", flag="--no-export")
+
+    def __post_init__(self) -> None:
+        for name in ("data", "out", "pretrained"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, str(value))
+        if isinstance(self.bands, (list, tuple)):  # channel numbers given as a sequence
+            self.bands = ",".join(str(int(b)) for b in self.bands)
+        self.threshold = parse_threshold(self.threshold)
+        self.check()
+
+    # ----------------------------------------------------------------------------------- checks
+    def check(self) -> None:
+        """Raise UsageError for a value no run could use (files are checked by :meth:`check_paths`)."""
+        positive = ("epochs", "batch_size", "patience", "workers", "demo_tiles", "demo_size", "folds")
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise UsageError(f"{flag_of(name)} must be a whole number of at least 1, got {value!r}")
+        if self.samples_per_epoch is not None and (
+                not isinstance(self.samples_per_epoch, int) or self.samples_per_epoch < 1):
+            raise UsageError(f"--samples-per-epoch must be at least 1, got {self.samples_per_epoch!r}")
+        if not isinstance(self.crop, int) or self.crop < 16 or self.crop % 16:
+            raise UsageError(f"--crop must be a positive multiple of 16, got {self.crop}")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise UsageError(f"--alpha must lie in [0, 1], got {self.alpha}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise UsageError(f"--val-fraction must lie strictly between 0 and 1, got {self.val_fraction}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise UsageError(f"--lr must be positive, got {self.lr}")
+        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
+            raise UsageError(f"--weight-decay must be zero or positive, got {self.weight_decay}")
+        for name, choices in (("task", TASKS), ("loss", LOSSES), ("class_weights", CLASS_WEIGHTS),
+                              ("precision", PRECISIONS), ("distribute", DISTRIBUTIONS)):
+            if getattr(self, name) not in choices:
+                raise UsageError(f"{flag_of(name)} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
+        if not isinstance(self.bands, str) or not self.bands.strip():
+            raise UsageError(f"--bands needs a preset, band names or channel numbers, got {self.bands!r}")
+        if not isinstance(self.mask_layout, str) or not self.mask_layout.strip():
+            raise UsageError(f"--mask-layout needs a layout name or auto, got {self.mask_layout!r}")
+        if self.task == "multiclass" and self.threshold != AUTO:
+            raise UsageError("--threshold applies to the binary task only (multiclass takes the most probable class)")
+        if self.class_weights != "none" and self.task != "multiclass":
+            raise UsageError("--class-weights applies to --task multiclass only")
+
+    def check_paths(self) -> None:
+        """The files the config names exist (checked when a run starts, not on creation)."""
+        if self.data is not None and not Path(self.data).exists():
+            raise UsageError(f"--data {self.data}: no such folder")
+        if self.pretrained not in (None, "imagenet") and not Path(self.pretrained).is_file():
+            raise UsageError(f"--pretrained {self.pretrained}: no such file (or give 'imagenet')")
+
+    # ------------------------------------------------------------------------------ JSON round trip
+    def to_dict(self) -> dict:
+        """JSON-plain ``dataclasses.asdict``: what config.json holds."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, saved: dict, source: str = "config") -> TrainConfig:
+        """A config from a saved dict; older files (fewer fields, ``no_aug``, run facts) keep loading.
+
+        Keys that are not fields (``bands_used``, ``devices``, versions: facts an older version kept
+        in config.json) are ignored; a field whose saved value is wrong is a UsageError naming ``source``.
+        """
+        if not isinstance(saved, dict):
+            raise UsageError(f"{source}: expected a JSON object of settings")
+        names = {f.name for f in dataclasses.fields(cls)}
+        values = {key: value for key, value in saved.items() if key in names}
+        for old, new in _LEGACY_FLAGS.items():
+            if old in saved and new not in saved and saved[old] is not None:
+                values[new] = not saved[old]
+        if isinstance(values.get("bands"), list):  # channel numbers, as older runs saved them
+            values["bands"] = ",".join(str(b) for b in values["bands"])
+        if "bands" in saved and saved["bands"] is None:
+            values["bands"] = "seed"  # older runs: None meant channels 1,2,3,5,9 of the slices (every band folder)
+        if values.get("precision") is None:
+            values.pop("precision", None)
+        try:
+            return cls(**values)
+        except UsageError as exc:
+            raise UsageError(f"{source}: {exc}") from None
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> TrainConfig:
+        path = Path(path)
+        try:
+            saved = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"{path}: cannot read the run's settings ({type(exc).__name__}: {exc})") from None
+        return cls.from_dict(saved, source=str(path))
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path) -> TrainConfig:
+        """The config a run folder was trained with (its ``config.json``)."""
+        path = Path(run_dir) / "config.json"
+        if not path.is_file():
+            raise UsageError(f"{path} does not exist, so {run_dir} holds no run")
+        return cls.from_json(path)
+
+    def to_argv(self) -> list[str]:
+        """The command-line flags that give this config (fields left at their default are omitted)."""
+        argv = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value == f.default:
+                continue
+            argv += [flag_of(f.name)] if isinstance(value, bool) else [flag_of(f.name), str(value)]
+        return argv
+
+    def replace(self, **changes) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def parse_threshold(value: Any) -> str | float:
+    """``"auto"`` or a float strictly between 0 and 1 (argparse ``type=`` and field normaliser)."""
+    if isinstance(value, str) and value.strip().lower() == AUTO:
+        return AUTO
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"--threshold takes 'auto' or a number between 0 and 1, got {value!r}") from None
+    if not 0.0 < number < 1.0:
+        raise UsageError(f"--threshold must lie strictly between 0 and 1, got {number}")
+    return number
+
+
+def flag_of(name: str) -> str:
+    """The command-line flag of field ``name`` (``batch_size`` -> ``--batch-size``; ``augment`` -> ``--no-aug``)."""
+    for f in dataclasses.fields(TrainConfig):
+        if f.name == name and f.metadata.get("flag"):
+            return f.metadata["flag"]
+    return "--" + name.replace("_", "-")
+
+
+def defaults() -> dict:
+    """Every field's default value, by name."""
+    return {f.name: f.default for f in dataclasses.fields(TrainConfig)}

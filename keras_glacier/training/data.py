@@ -1,0 +1,139 @@
+"""The training data of a run: bands, split (or fold), statistics and the two datasets."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from keras_glacier.errors import InputError, UsageError
+from keras_glacier.training.config import AUTO, TrainConfig
+
+#: Band presets of the contract (keras_glacier/data/bands.py owns the table once the data room lands).
+_FALLBACK_PRESETS = {"competition": (0, 1, 2, 4, 5), "seed": (1, 2, 3, 5, 9)}
+_FALLBACK_HKH_CHANNELS = ("B1", "B2", "B3", "B4", "B5", "B6_VCID1", "B6_VCID2", "B7", "B8", "BQA", "NDVI", "NDSI",
+                          "NDWI", "elevation", "slope")
+
+
+def resolve_bands(source, spec: str) -> tuple[tuple[int, ...], list[str]]:
+    """The band indices and names a ``--bands`` spec selects in ``source``.
+
+    LEAD: the data room's parser (bands by name, presets) replaces the fallback below once merged;
+    the fallback reads the contract's presets and channel numbers as before.
+    """
+    from keras_glacier.data import bands as band_table
+    from keras_glacier.data.errors import InputError as DataInputError
+
+    parse = getattr(band_table, "resolve_band_spec", None)
+    if parse is not None:
+        return parse(spec, source)
+    names = getattr(source, "band_names", ()) or _FALLBACK_HKH_CHANNELS
+    key = spec.strip().lower()
+    if source.kind == "tiff" and not spec.strip()[0].isdigit():
+        indices = source.default_bands  # band folders: all of them, in order
+    elif key == "all":
+        indices = tuple(range(len(_FALLBACK_HKH_CHANNELS)))
+    elif key in _FALLBACK_PRESETS:
+        indices = _FALLBACK_PRESETS[key]
+    else:
+        try:
+            indices = band_table.parse_bands(spec)
+        except DataInputError as exc:
+            raise UsageError(str(exc)) from None
+    indices = source.resolve_bands(indices)
+    labels = [names[i] if i < len(names) else f"B{i + 1}" for i in indices]
+    return tuple(indices), labels
+
+
+def prepare_data(config: TrainConfig, run_dir: Path, resume: bool, fold: tuple[int, int] | None = None):
+    """Find the samples, split them by scene, and compute (or on resume reload) the statistics."""
+    from keras_glacier.data.demo import make_demo_dataset
+    from keras_glacier.data.sources import discover
+    from keras_glacier.data.split import load_split, save_split, split_by_scene
+    from keras_glacier.data.stats import BandStats, compute_stats
+
+    if config.data is None:
+        demo_dir = (run_dir if fold is None else run_dir.parent) / "demo_data"
+        tiles_per_scene = 4
+        scenes = max(2, -(-config.demo_tiles // tiles_per_scene))
+        if not resume and fold in (None, (0, config.folds)):  # a previous run may have used other demo settings
+            shutil.rmtree(demo_dir, ignore_errors=True)
+        if not any(demo_dir.glob("slice_*_mask_*.npy")):
+            make_demo_dataset(demo_dir, scenes=scenes, tiles_per_scene=tiles_per_scene, size=config.demo_size,
+                              seed=config.seed)
+        root = demo_dir
+    else:
+        root = Path(config.data)
+    source = discover(root) if config.mask_layout == AUTO else discover(root, mask_layout=config.mask_layout)
+    if not source.has_labels:
+        missing = next(s for s in source.samples if s.label_path is None)
+        raise InputError(f"{missing.image_paths[0]}: no label for this tile; training needs a label/ folder")
+    bands, band_names = resolve_bands(source, config.bands)
+    if resume:
+        train, val = load_split(run_dir / "split.json", source.samples)
+        stats = BandStats.load(run_dir / "stats.json")
+    else:
+        if fold is None:
+            train, val = split_by_scene(source.samples, config.val_fraction, config.seed)
+        else:
+            train, val = fold_split(source.samples, *fold, seed=config.seed)
+        if not val:
+            raise InputError(f"{root}: only one scene ({train[0].scene_id}), so no scene is left for validation; "
+                             "add scenes or tiles from other scenes")
+        extra = {} if fold is None else {"fold": fold[0] + 1, "folds": fold[1]}
+        save_split(run_dir / "split.json", train, val, seed=config.seed, val_fraction=config.val_fraction,
+                   data=str(root), **extra)
+        stats = compute_stats(train, bands, seed=config.seed)
+        stats.save(run_dir / "stats.json")
+    return source, bands, band_names, train, val, stats
+
+
+def fold_split(samples, fold: int, folds: int, seed: int = 0):
+    """(train, val) of fold ``fold`` of ``folds``: the scenes, shuffled by ``seed``, dealt round-robin."""
+    scenes = sorted({s.scene_id for s in samples})
+    if len(scenes) < folds:
+        raise UsageError(f"--folds {folds}: the data has only {len(scenes)} scenes; each fold needs its own")
+    order = [scenes[i] for i in np.random.default_rng(seed).permutation(len(scenes))]
+    held = set(order[fold::folds])
+    return [s for s in samples if s.scene_id not in held], [s for s in samples if s.scene_id in held]
+
+
+def ceil_to(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def effective_crop(requested: int | None, shape: tuple[int, int]) -> int | None:
+    """The crop the loader should use for tiles of ``shape``.
+
+    Tiles larger than the requested crop are cropped (randomly in training). Smaller tiles are used
+    whole; when they are not multiples of the output stride they are padded up to one, with NaN
+    bands and ignored labels, so that no real pixel is dropped and none is invented.
+    """
+    from keras_glacier.constants import OUTPUT_STRIDE
+
+    h, w = shape
+    if requested is not None and min(h, w) > requested:
+        return requested
+    side = ceil_to(max(h, w), OUTPUT_STRIDE)
+    return None if h == w == side else side
+
+
+def make_datasets(config: TrainConfig, run_dir: Path, train, val, stats, bands):
+    """(training, validation) datasets; the training epoch is ``samples_per_epoch`` sampled crops."""
+    from keras_glacier.data.augment import AugmentConfig
+    from keras_glacier.data.dataset import GlacierSequence
+    from keras_glacier.data.sampling import default_samples_per_epoch, tile_shape
+
+    shapes = [tile_shape(sample) for sample in train]
+    crop = effective_crop(config.crop, shapes[0])
+    samples = config.samples_per_epoch or default_samples_per_epoch(shapes, crop, config.batch_size)
+    common = dict(stats=stats, bands=bands, workers=config.workers,
+                  cache_dir=run_dir / "cache" if config.cache else None)
+    train_seq = GlacierSequence(
+        train, batch_size=config.batch_size, crop=crop, augment=AugmentConfig() if config.augment else None,
+        shuffle=True, seed=config.seed, samples_per_epoch=samples, **common)
+    val_seq = GlacierSequence(
+        val, batch_size=config.batch_size, crop=effective_crop(None, tile_shape(val[0])), augment=None,
+        shuffle=False, seed=config.seed, **common)
+    return train_seq, val_seq

@@ -1,0 +1,288 @@
+"""The training job: data, model, fit, best epoch, decision threshold, export.
+
+:func:`train` is the whole job for a :class:`TrainConfig` (the command line is a thin layer over
+it); the steps are separate functions so that tests and notebooks can reach each one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+import keras_glacier  # noqa: F401  (selects the JAX backend before keras is imported)
+from keras_glacier.errors import UsageError
+from keras_glacier.fileio import save_keras_model, write_json
+from keras_glacier.training.config import AUTO, TrainConfig
+from keras_glacier.training.data import effective_crop, fold_split, make_datasets, prepare_data, resolve_bands
+from keras_glacier.training.run_folder import (
+    CONFIG_FILE,
+    METRICS_FILE,
+    RunResult,
+    check_resumed_config,
+    choose_run_dir,
+    print_table,
+    read_run_facts,
+    write_run_facts,
+)
+from keras_glacier.training.threshold import choose_threshold
+
+#: Metrics of the binary task, as Keras logs them (validation: ``val_`` + name).
+BINARY_METRICS = ("mcc", "iou", "f1", "precision", "recall", "r2", "loss")
+#: What checkpointing and early stopping follow: the validation MCC, larger is better.
+MONITOR, MONITOR_MODE = "val_mcc", "max"
+
+
+# ------------------------------------------------------------------------------------ devices
+def resolve_precision(precision: str) -> str:
+    """``auto``: float32 on CPU (mixed precision is slower there), bfloat16 where the chip has it."""
+    if precision != AUTO:
+        return precision
+    import jax
+
+    device = jax.devices()[0]
+    if device.platform == "tpu":
+        return "mixed_bfloat16"
+    if device.platform == "gpu":
+        capability = getattr(device, "compute_capability", None)
+        try:
+            major = int(str(capability).split(".")[0])
+        except ValueError:
+            major = 0
+        return "mixed_bfloat16" if major >= 8 else "mixed_float16"
+    return "float32"
+
+
+def set_up_devices(config: TrainConfig) -> tuple[int, str]:
+    """Applies the precision policy and distribution; returns (devices in use, precision policy)."""
+    import keras
+
+    precision = resolve_precision(config.precision)
+    keras.mixed_precision.set_global_policy(precision)
+    keras.utils.set_random_seed(config.seed)
+    if config.distribute == "data_parallel":
+        devices = keras.distribution.list_devices()
+        if config.batch_size % len(devices):
+            raise UsageError(f"--batch-size {config.batch_size} must be a multiple of the "
+                             f"{len(devices)} devices used by --distribute data_parallel")
+        keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
+        return len(devices), precision
+    return 1, precision
+
+
+# -------------------------------------------------------------------------------------- model
+def pretrained_file(spec: str) -> str:
+    """A ``--pretrained`` value as a file: a path stays, ``imagenet`` is fetched (convert.pretrained)."""
+    try:
+        from convert.pretrained import resolve_pretrained
+    except ImportError:  # LEAD: the torch room adds resolve_pretrained; drop this fallback then
+        resolve_pretrained = None
+    if resolve_pretrained is not None:
+        return str(resolve_pretrained(spec))
+    if spec == "imagenet":
+        raise UsageError("--pretrained imagenet: this build cannot fetch the weights; download torchvision's "
+                         "resnet34-b627a593.pth and pass its path")
+    return spec
+
+
+def build_model(config: TrainConfig, stats, num_bands: int, band_names: Sequence[str] | None = None,
+                classes: Sequence[str] | None = None):
+    """The network for ``config`` (GlacierDeepLab with its configuration where the model room has it)."""
+    from keras_glacier import model as model_room
+
+    if hasattr(model_room, "GlacierDeepLab"):
+        arguments = dict(num_bands=num_bands, stats=stats.to_dict(), task=config.task)
+        if band_names is not None:
+            arguments["band_names"] = list(band_names)
+        if classes is not None:
+            arguments["class_names"] = list(classes)
+        model = model_room.GlacierDeepLab(**arguments)
+    elif config.task == "binary":
+        model = model_room.build_deeplab(num_bands=num_bands, stats=stats.to_dict())
+    else:
+        raise UsageError("--task multiclass needs the multi-class model (keras_glacier.model.GlacierDeepLab)")
+    if config.pretrained is not None:
+        from convert import load_torchvision_resnet34
+
+        load_torchvision_resnet34(pretrained_file(config.pretrained), model)
+    return model
+
+
+def build_loss(config: TrainConfig, class_weights: Sequence[float] | None = None):
+    from keras_glacier import losses
+
+    if config.task == "binary" and config.loss == "bce_dice":
+        return losses.BceDiceLoss(alpha=config.alpha)
+    make = getattr(losses, "make_loss", None)  # LEAD: the metrics room's builder of the other losses
+    if make is None:
+        raise UsageError(f"--loss {config.loss} with --task {config.task} is not available in this build")
+    return make(config.loss, task=config.task, alpha=config.alpha, class_weights=class_weights)
+
+
+def build_metrics(config: TrainConfig, num_classes: int):
+    from keras_glacier import metrics
+
+    if config.task == "binary":
+        return metrics.segmentation_metrics()
+    make = getattr(metrics, "multiclass_metrics", None)  # LEAD: the metrics room's K-class metrics
+    if make is None:
+        raise UsageError("--task multiclass needs the K-class metrics (keras_glacier.metrics), not in this build")
+    return make(num_classes)
+
+
+def make_optimizer(config: TrainConfig, steps_per_epoch: int):
+    """AdamW under a cosine decay with a short linear warm-up, the usual recipe for DeepLab from scratch.
+
+    Both count optimiser steps of ``steps_per_epoch`` (sampled crops / batch), so they follow the
+    epoch size the sampler chose.
+    """
+    import keras
+
+    total = max(1, config.epochs * steps_per_epoch)
+    warmup = min(max(1, steps_per_epoch), total // 10 + 1)
+    schedule = keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=config.lr * 0.1, decay_steps=max(1, total - warmup), alpha=0.01,
+        warmup_target=config.lr, warmup_steps=warmup)
+    return keras.optimizers.AdamW(learning_rate=schedule, weight_decay=config.weight_decay)
+
+
+def compile_model(model, config: TrainConfig, steps_per_epoch: int, num_classes: int = 2,
+                  class_weights: Sequence[float] | None = None) -> None:
+    model.compile(optimizer=make_optimizer(config, steps_per_epoch), loss=build_loss(config, class_weights),
+                  metrics=build_metrics(config, num_classes), jit_compile=True)
+
+
+# ---------------------------------------------------------------------------------- callbacks
+def best_so_far(csv_path: Path, key: str = MONITOR) -> float | None:
+    """Best value of ``key`` in a CSV log, so a resumed run does not overwrite a better best.keras."""
+    from keras_glacier.callbacks import read_history
+
+    values = [v for v in (read_history(csv_path) or {}).get(key, []) if v == v]  # drop NaN
+    return max(values) if values else None
+
+
+def make_callbacks(config: TrainConfig, run_dir: Path, train_seq, val_seq, stats, resume: bool):
+    import keras
+
+    from keras_glacier.callbacks import FigureWriter
+    from keras_glacier.data.dataset import EpochSync
+
+    preview = [val_seq.load(i) for i in range(min(3, len(val_seq.samples)))]
+    csv_log = run_dir / "history.csv"
+    best = best_so_far(csv_log) if resume else None
+    return [
+        EpochSync(train_seq, val_seq),
+        keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
+        keras.callbacks.ModelCheckpoint(str(run_dir / "best.keras"), monitor=MONITOR, mode=MONITOR_MODE,
+                                        save_best_only=True, initial_value_threshold=best),
+        keras.callbacks.EarlyStopping(monitor=MONITOR, mode=MONITOR_MODE, patience=config.patience,
+                                      restore_best_weights=True),
+        keras.callbacks.CSVLogger(str(csv_log), append=resume),
+        FigureWriter(run_dir, np.stack([p[0] for p in preview]), np.stack([p[1] for p in preview]),
+                     stats.lo, stats.hi, csv_log=csv_log),
+    ]
+
+
+# ----------------------------------------------------------------------------------------- job
+def train(config: TrainConfig | None = None, *, resume: bool = False, overwrite: bool = False,
+          callbacks: Sequence = (), **settings) -> RunResult:
+    """Train a model as ``config`` says; returns the run folder, metrics and threshold.
+
+    ``keras_glacier.train(TrainConfig(epochs=20))`` or ``keras_glacier.train(epochs=20)``. With
+    ``resume=True`` the run in ``config.out`` continues from its last completed epoch; its saved
+    settings must match (only ``epochs`` and ``workers`` may change: take the config from
+    ``TrainConfig.from_run(out)``). ``overwrite=True`` replaces a run already in ``config.out``.
+    ``callbacks`` are extra Keras callbacks (after the run's own).
+    """
+    config = TrainConfig(**settings) if config is None else dataclasses.replace(config, **settings)
+    config.check_paths()
+    run_dir = choose_run_dir(config, resume, overwrite)
+    if resume:
+        check_resumed_config(run_dir, config)
+    if config.folds == 1:
+        return train_one(config, run_dir, resume, callbacks)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(run_dir / CONFIG_FILE, config.to_dict())  # first, so that an interrupted K-fold run resumes
+    results = []
+    for fold in range(config.folds):
+        fold_dir = run_dir / f"fold-{fold + 1}"
+        again = resume and (fold_dir / CONFIG_FILE).is_file()
+        results.append(train_one(config, fold_dir, again, callbacks, fold=(fold, config.folds)))
+    keys = [k for k in results[0].metrics if all(isinstance(r.metrics.get(k), float) for r in results)]
+    mean = {k: float(np.mean([r.metrics[k] for r in results])) for k in keys}
+    write_json(run_dir / METRICS_FILE, {"mean": mean, "folds": [r.metrics for r in results]})
+    print_table(f"validation, mean of {config.folds} folds", mean)
+    return RunResult(run_dir, config, mean, folds=results)
+
+
+def train_one(config: TrainConfig, run_dir: Path, resume: bool, extra_callbacks: Sequence = (),
+              fold: tuple[int, int] | None = None) -> RunResult:
+    """One run (one fold) into ``run_dir``."""
+    import keras
+
+    from keras_glacier.callbacks import FigureWriter
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    devices, precision = set_up_devices(config)
+    source, bands, band_names, train_tiles, val, stats = prepare_data(config, run_dir, resume, fold)
+    # A fold's folder is a run of its own (its split.json holds the fold): resuming it trains that fold only.
+    saved = config if fold is None else dataclasses.replace(config, folds=1, out=str(run_dir))
+    write_json(run_dir / CONFIG_FILE, saved.to_dict())
+    classes = getattr(source, "class_names", None) if config.task == "multiclass" else None
+    if config.task == "multiclass" and not classes:
+        raise UsageError(f"--task multiclass: {source.root} gives no class names in this build")
+    train_seq, val_seq = make_datasets(config, run_dir, train_tiles, val, stats, bands)
+    write_run_facts(run_dir, bands_used=[int(b) for b in bands], band_names=list(band_names),
+                    data_kind=source.kind, data=str(source.root), devices=devices, precision=precision,
+                    samples_per_epoch=train_seq.samples_per_epoch, steps_per_epoch=len(train_seq),
+                    keras_version=keras.__version__, backend=keras.backend.backend(),
+                    **({} if fold is None else {"fold": fold[0] + 1, "folds": fold[1]}))
+    tile = tuple(train_seq.load(0)[0].shape[:2])
+    print(f"data: {source.kind} at {source.root}: {len(train_tiles)} training and {len(val)} validation tiles "
+          f"({len({s.scene_id for s in train_tiles})} / {len({s.scene_id for s in val})} scenes), bands "
+          f"{list(band_names)}, crops {tile[0]}x{tile[1]}, {train_seq.samples_per_epoch} per epoch "
+          f"({len(train_seq)} steps), run folder {run_dir}", flush=True)
+
+    model = build_model(config, stats, len(bands), band_names, classes)
+    params = model.count_params()
+    print(f"model: {model.name}, {params / 1e6:.2f}M parameters ({params * 4 / 1e6:.1f} MB as float32), "
+          f"precision {precision}, {devices} device(s), backend {keras.backend.backend()}", flush=True)
+    compile_model(model, config, len(train_seq), len(classes or ()) or 2)
+    callbacks = [*make_callbacks(config, run_dir, train_seq, val_seq, stats, resume), *extra_callbacks]
+    model.fit(train_seq, validation_data=val_seq, epochs=config.epochs, callbacks=callbacks, shuffle=False,
+              verbose=2 if not sys.stdout.isatty() else "auto")
+
+    best_path = run_dir / "best.keras"
+    if best_path.exists():
+        # Same architecture, so loading weights into the compiled model reuses its compiled functions.
+        model.load_weights(best_path)
+    scores = model.evaluate(val_seq, verbose=0, return_dict=True)
+    metrics = {key: float(scores[key]) for key in BINARY_METRICS if key in scores}
+    threshold = None
+    if config.task == "binary":
+        threshold, threshold_mcc = choose_threshold(model, val_seq, config)
+        metrics.update(threshold=threshold, threshold_mcc=threshold_mcc)
+        if hasattr(model, "threshold"):
+            model.threshold = threshold  # saved with the model and carried into model.pth
+        write_run_facts(run_dir, threshold=threshold)
+    save_keras_model(model, run_dir / "model.keras")
+    write_json(run_dir / METRICS_FILE, metrics)
+    print_table(f"validation ({len(val)} tiles, whole-set confusion matrix, best epoch's model)", metrics)
+    figures = next(c for c in callbacks if isinstance(c, FigureWriter))
+    figures.write_predictions()
+
+    result = RunResult(run_dir, config, metrics, model=run_dir / "model.keras", threshold=threshold)
+    if config.export:
+        from convert import convert_model
+
+        result.conversion = convert_model(model, run_dir / "model.pth")
+        print(result.conversion.summary())
+        result.model_pth = run_dir / "model.pth"
+    return result
+
+
+__all__ = ["MONITOR", "MONITOR_MODE", "RunResult", "TrainConfig", "choose_threshold", "effective_crop", "fold_split",
+           "make_datasets", "prepare_data", "read_run_facts", "resolve_bands", "train"]

@@ -1,0 +1,57 @@
+"""Area-proportional crop sampling: epoch sizes, counts per tile, determinism."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from keras_glacier.data.sampling import (
+    MAX_COVER_STEPS,
+    MIN_STEPS,
+    area_weights,
+    covering_crops,
+    crops_per_tile,
+    default_samples_per_epoch,
+    epoch_draws,
+)
+
+
+def test_default_epoch_size():
+    # Many small tiles (HKH-like): one crop per tile, as before sampling decided the epoch.
+    assert default_samples_per_epoch([(512, 512)] * 1000, 512, 4) == 1000
+    # A few large scenes: the training area covered once (9 tiles of 1024^2 at crop 128: 9 * 64 crops) ...
+    assert covering_crops([(1024, 1024)] * 9, 128) == 576
+    assert default_samples_per_epoch([(1024, 1024)] * 9, 256, 4) == 144
+    # ... up to MAX_COVER_STEPS steps, and never under MIN_STEPS steps.
+    assert default_samples_per_epoch([(1024, 1024)] * 9, 128, 4) == MAX_COVER_STEPS * 4
+    assert default_samples_per_epoch([(64, 64)] * 3, 64, 2) == MIN_STEPS * 2
+    assert covering_crops([(100, 40)], 64) == 2 and covering_crops([(100, 40)], None) == 1
+
+
+def test_counts_follow_tile_area_within_one():
+    shapes = [(100, 100), (200, 100), (300, 300), (10, 10)]
+    weights = area_weights(shapes)
+    rng = np.random.default_rng(0)
+    for total in (1, 7, 50, 333):
+        counts = crops_per_tile(weights, total, rng)
+        assert counts.sum() == total
+        assert np.all(np.abs(counts - total * weights) < 1)
+
+
+def test_equal_tiles_are_each_drawn_once_per_epoch_when_the_epoch_is_the_tile_count():
+    draws = epoch_draws(area_weights([(64, 64)] * 10), 10, seed=0, epoch=3)
+    assert sorted(draws.tolist()) == list(range(10))
+
+
+def test_draws_are_a_function_of_seed_and_epoch():
+    weights = area_weights([(64, 64), (128, 128), (32, 64)])
+    a = epoch_draws(weights, 40, seed=1, epoch=2)
+    np.testing.assert_array_equal(a, epoch_draws(weights, 40, seed=1, epoch=2))
+    assert not np.array_equal(a, epoch_draws(weights, 40, seed=1, epoch=3))
+    assert not np.array_equal(a, epoch_draws(weights, 40, seed=2, epoch=2))
+    assert np.all(np.abs(np.bincount(a, minlength=3) - 40 * weights) < 1)
+
+
+def test_bad_shapes_are_refused():
+    with pytest.raises(ValueError, match="positive area"):
+        area_weights([(0, 10)])
