@@ -8,7 +8,6 @@ probabilities) mean the same in both.
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
