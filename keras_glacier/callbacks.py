@@ -40,8 +40,9 @@ class FigureWriter(keras.callbacks.Callback):
     the restart.
     """
 
-    def __init__(self, run_dir, val_images, val_truths, lo, hi, csv_log=None):
+    def __init__(self, run_dir, val_images, val_truths, lo, hi, csv_log=None, class_names=None):
         super().__init__()
+        self.class_names = list(class_names) if class_names else None
         self.run_dir = Path(run_dir)
         self.val_images = np.asarray(val_images, dtype=np.float32)
         self.val_truths = np.asarray(val_truths)
@@ -59,7 +60,13 @@ class FigureWriter(keras.callbacks.Callback):
         self.write_predictions()
 
     def write_predictions(self, path=None):
-        logits = self.model.predict(self.val_images, batch_size=len(self.val_images), verbose=0)
-        probs = 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float32)[..., 0]))
-        plot_predictions(self.val_images, self.val_truths, probs,
-                         path or self.run_dir / "predictions.png", self.lo, self.hi)
+        logits = np.asarray(self.model.predict(self.val_images, batch_size=len(self.val_images), verbose=0),
+                            dtype=np.float32)
+        if self.class_names is None:  # binary: one logit, the glacier probability
+            probs = 1.0 / (1.0 + np.exp(-logits[..., 0]))
+        else:  # K logits: softmax over the classes, drawn one colour per class
+            shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+            probs = shifted / shifted.sum(axis=-1, keepdims=True)
+        plot_predictions(self.val_images, self.val_truths, probs, path or self.run_dir / "predictions.png",
+                         self.lo, self.hi, class_names=self.class_names,
+                         threshold=float(getattr(self.model, "threshold", 0.5)))

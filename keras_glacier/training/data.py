@@ -8,47 +8,18 @@ from pathlib import Path
 import numpy as np
 
 from keras_glacier.errors import InputError, UsageError
-from keras_glacier.training.config import AUTO, TrainConfig
-
-#: Band presets of the contract (keras_glacier/data/bands.py owns the table once the data room lands).
-_FALLBACK_PRESETS = {"competition": (0, 1, 2, 4, 5), "seed": (1, 2, 3, 5, 9)}
-_FALLBACK_HKH_CHANNELS = ("B1", "B2", "B3", "B4", "B5", "B6_VCID1", "B6_VCID2", "B7", "B8", "BQA", "NDVI", "NDSI",
-                          "NDWI", "elevation", "slope")
-
+from keras_glacier.training.config import TrainConfig
 
 def resolve_bands(source, spec: str) -> tuple[tuple[int, ...], list[str]]:
-    """The band indices and names a ``--bands`` spec selects in ``source``.
-
-    LEAD: the data room's parser (bands by name, presets) replaces the fallback below once merged;
-    the fallback reads the contract's presets and channel numbers as before.
-    """
-    from keras_glacier.data import bands as band_table
-    from keras_glacier.data.errors import InputError as DataInputError
-
-    parse = getattr(band_table, "resolve_band_spec", None)
-    if parse is not None:
-        return parse(spec, source)
-    names = getattr(source, "band_names", ()) or _FALLBACK_HKH_CHANNELS
-    key = spec.strip().lower()
-    if source.kind == "tiff" and not spec.strip()[0].isdigit():
-        indices = source.default_bands  # band folders: all of them, in order
-    elif key == "all":
-        indices = tuple(range(len(_FALLBACK_HKH_CHANNELS)))
-    elif key in _FALLBACK_PRESETS:
-        indices = _FALLBACK_PRESETS[key]
-    else:
-        try:
-            indices = band_table.parse_bands(spec)
-        except DataInputError as exc:
-            raise UsageError(str(exc)) from None
-    indices = source.resolve_bands(indices)
-    labels = [names[i] if i < len(names) else f"B{i + 1}" for i in indices]
-    return tuple(indices), labels
+    """The band indices and names a ``--bands`` spec (names, indices or a preset) selects in ``source``."""
+    selection = source.select_bands(spec)
+    return tuple(int(i) for i in selection.indices), list(selection.names)
 
 
 def prepare_data(config: TrainConfig, run_dir: Path, resume: bool, fold: tuple[int, int] | None = None):
     """Find the samples, split them by scene, and compute (or on resume reload) the statistics."""
-    from keras_glacier.data.demo import make_demo_dataset
+    from keras_glacier.data.demo import make_demo_band_folders, make_demo_dataset
+    from keras_glacier.data.labels import label_summary
     from keras_glacier.data.sources import discover
     from keras_glacier.data.split import load_split, save_split, split_by_scene
     from keras_glacier.data.stats import BandStats, compute_stats
@@ -59,13 +30,19 @@ def prepare_data(config: TrainConfig, run_dir: Path, resume: bool, fold: tuple[i
         scenes = max(2, -(-config.demo_tiles // tiles_per_scene))
         if not resume and fold in (None, (0, config.folds)):  # a previous run may have used other demo settings
             shutil.rmtree(demo_dir, ignore_errors=True)
-        if not any(demo_dir.glob("slice_*_mask_*.npy")):
+        if config.task == "multiclass":
+            # Phase 2's four classes (lakes included) exist only in band-folder labels: HKH masks have
+            # no lake channel, so the multi-class demo is written as GlacierHack band folders.
+            if not (demo_dir / "label").is_dir():
+                make_demo_band_folders(demo_dir, tiles=scenes * tiles_per_scene, size=config.demo_size,
+                                       seed=config.seed, scenes=scenes, task="multiclass")
+        elif not any(demo_dir.glob("slice_*_mask_*.npy")):
             make_demo_dataset(demo_dir, scenes=scenes, tiles_per_scene=tiles_per_scene, size=config.demo_size,
                               seed=config.seed)
         root = demo_dir
     else:
         root = Path(config.data)
-    source = discover(root) if config.mask_layout == AUTO else discover(root, mask_layout=config.mask_layout)
+    source = discover(root, task=config.task, mask_layout=config.mask_layout)
     if not source.has_labels:
         missing = next(s for s in source.samples if s.label_path is None)
         raise InputError(f"{missing.image_paths[0]}: no label for this tile; training needs a label/ folder")
@@ -84,9 +61,12 @@ def prepare_data(config: TrainConfig, run_dir: Path, resume: bool, fold: tuple[i
         extra = {} if fold is None else {"fold": fold[0] + 1, "folds": fold[1]}
         save_split(run_dir / "split.json", train, val, seed=config.seed, val_fraction=config.val_fraction,
                    data=str(root), **extra)
-        stats = compute_stats(train, bands, seed=config.seed)
+        stats = compute_stats(train, bands, seed=config.seed, band_names=band_names)
         stats.save(run_dir / "stats.json")
-    return source, bands, band_names, train, val, stats
+    summary = label_summary(train, bands, source.class_names, source.mask_layout)
+    print(summary.line(), flush=True)
+    summary.require_glacier()
+    return source, bands, band_names, train, val, stats, summary
 
 
 def fold_split(samples, fold: int, folds: int, seed: int = 0):

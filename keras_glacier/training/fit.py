@@ -111,26 +111,32 @@ def build_model(config: TrainConfig, stats, num_bands: int, band_names: Sequence
     return model
 
 
-def build_loss(config: TrainConfig, class_weights: Sequence[float] | None = None):
+def build_loss(config: TrainConfig, num_classes: int = 2, class_weights: Sequence[float] | None = None):
+    """The ``--loss`` for the task (keras_glacier.losses); a refused combination is the user's mistake."""
     from keras_glacier import losses
 
-    if config.task == "binary" and config.loss == "bce_dice":
-        return losses.BceDiceLoss(alpha=config.alpha)
-    make = getattr(losses, "make_loss", None)  # LEAD: the metrics room's builder of the other losses
-    if make is None:
-        raise UsageError(f"--loss {config.loss} with --task {config.task} is not available in this build")
-    return make(config.loss, task=config.task, alpha=config.alpha, class_weights=class_weights)
+    alpha = config.alpha if config.loss == "bce_dice" else None
+    try:
+        return losses.make_loss(config.loss, task=config.task, num_classes=num_classes, alpha=alpha,
+                                class_weights=class_weights)
+    except ValueError as exc:
+        raise UsageError(f"--loss {config.loss}: {exc}") from None
 
 
-def build_metrics(config: TrainConfig, num_classes: int):
+def build_metrics(config: TrainConfig, class_names: Sequence[str]):
+    """Whole-set confusion-matrix metrics; both tasks log ``mcc`` first, which early stopping follows."""
     from keras_glacier import metrics
 
-    if config.task == "binary":
-        return metrics.segmentation_metrics()
-    make = getattr(metrics, "multiclass_metrics", None)  # LEAD: the metrics room's K-class metrics
-    if make is None:
-        raise UsageError("--task multiclass needs the K-class metrics (keras_glacier.metrics), not in this build")
-    return make(num_classes)
+    return metrics.segmentation_metrics(task=config.task, class_names=list(class_names))
+
+
+def class_weights_for(config: TrainConfig, summary) -> list[float] | None:
+    """``--class-weights auto``: inverse square root of the training split's class frequencies."""
+    if config.class_weights != "auto":
+        return None
+    from keras_glacier.losses import auto_class_weights
+
+    return auto_class_weights(summary.counts)
 
 
 def make_optimizer(config: TrainConfig, steps_per_epoch: int):
@@ -149,10 +155,12 @@ def make_optimizer(config: TrainConfig, steps_per_epoch: int):
     return keras.optimizers.AdamW(learning_rate=schedule, weight_decay=config.weight_decay)
 
 
-def compile_model(model, config: TrainConfig, steps_per_epoch: int, num_classes: int = 2,
+def compile_model(model, config: TrainConfig, steps_per_epoch: int,
+                  class_names: Sequence[str] = ("background", "glacier"),
                   class_weights: Sequence[float] | None = None) -> None:
-    model.compile(optimizer=make_optimizer(config, steps_per_epoch), loss=build_loss(config, class_weights),
-                  metrics=build_metrics(config, num_classes), jit_compile=True)
+    model.compile(optimizer=make_optimizer(config, steps_per_epoch),
+                  loss=build_loss(config, len(class_names), class_weights),
+                  metrics=build_metrics(config, class_names), jit_compile=True)
 
 
 # ---------------------------------------------------------------------------------- callbacks
@@ -164,7 +172,8 @@ def best_so_far(csv_path: Path, key: str = MONITOR) -> float | None:
     return max(values) if values else None
 
 
-def make_callbacks(config: TrainConfig, run_dir: Path, train_seq, val_seq, stats, resume: bool):
+def make_callbacks(config: TrainConfig, run_dir: Path, train_seq, val_seq, stats, resume: bool,
+                   class_names: Sequence[str] = ("background", "glacier")):
     import keras
 
     from keras_glacier.callbacks import FigureWriter
@@ -182,7 +191,8 @@ def make_callbacks(config: TrainConfig, run_dir: Path, train_seq, val_seq, stats
                                       restore_best_weights=True),
         keras.callbacks.CSVLogger(str(csv_log), append=resume),
         FigureWriter(run_dir, np.stack([p[0] for p in preview]), np.stack([p[1] for p in preview]),
-                     stats.lo, stats.hi, csv_log=csv_log),
+                     stats.lo, stats.hi, csv_log=csv_log,
+                     class_names=list(class_names) if config.task == "multiclass" else None),
     ]
 
 
@@ -227,15 +237,16 @@ def train_one(config: TrainConfig, run_dir: Path, resume: bool, extra_callbacks:
 
     run_dir.mkdir(parents=True, exist_ok=True)
     devices, precision = set_up_devices(config)
-    source, bands, band_names, train_tiles, val, stats = prepare_data(config, run_dir, resume, fold)
+    source, bands, band_names, train_tiles, val, stats, summary = prepare_data(config, run_dir, resume, fold)
     # A fold's folder is a run of its own (its split.json holds the fold): resuming it trains that fold only.
     saved = config if fold is None else dataclasses.replace(config, folds=1, out=str(run_dir))
     write_json(run_dir / CONFIG_FILE, saved.to_dict())
-    classes = getattr(source, "class_names", None) if config.task == "multiclass" else None
-    if config.task == "multiclass" and not classes:
-        raise UsageError(f"--task multiclass: {source.root} gives no class names in this build")
+    classes = list(source.class_names)
+    weights = class_weights_for(config, summary)
     train_seq, val_seq = make_datasets(config, run_dir, train_tiles, val, stats, bands)
     write_run_facts(run_dir, bands_used=[int(b) for b in bands], band_names=list(band_names),
+                    class_names=classes, class_values=[int(v) for v in source.class_values],
+                    mask_layout=source.mask_layout, label_fractions=summary.fractions(),
                     data_kind=source.kind, data=str(source.root), devices=devices, precision=precision,
                     samples_per_epoch=train_seq.samples_per_epoch, steps_per_epoch=len(train_seq),
                     keras_version=keras.__version__, backend=keras.backend.backend(),
@@ -250,8 +261,8 @@ def train_one(config: TrainConfig, run_dir: Path, resume: bool, extra_callbacks:
     params = model.count_params()
     print(f"model: {model.name}, {params / 1e6:.2f}M parameters ({params * 4 / 1e6:.1f} MB as float32), "
           f"precision {precision}, {devices} device(s), backend {keras.backend.backend()}", flush=True)
-    compile_model(model, config, len(train_seq), len(classes or ()) or 2)
-    callbacks = [*make_callbacks(config, run_dir, train_seq, val_seq, stats, resume), *extra_callbacks]
+    compile_model(model, config, len(train_seq), classes, weights)
+    callbacks = [*make_callbacks(config, run_dir, train_seq, val_seq, stats, resume, classes), *extra_callbacks]
     model.fit(train_seq, validation_data=val_seq, epochs=config.epochs, callbacks=callbacks, shuffle=False,
               verbose=2 if not sys.stdout.isatty() else "auto")
 
