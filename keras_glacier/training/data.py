@@ -10,6 +10,7 @@ import numpy as np
 from keras_glacier.errors import InputError, UsageError
 from keras_glacier.training.config import TrainConfig
 
+
 def resolve_bands(source, spec: str) -> tuple[tuple[int, ...], list[str]]:
     """The band indices and names a ``--bands`` spec (names, indices or a preset) selects in ``source``."""
     selection = source.select_bands(spec)
