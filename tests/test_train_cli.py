@@ -241,7 +241,7 @@ def test_checkpoint_and_early_stopping_follow_the_validation_mcc_upwards(finishe
     from keras_glacier.training import fit
 
     run_dir, result = finished_run
-    _, bands, _, train_tiles, val, stats = fit.prepare_data(result.config, run_dir, resume=True)
+    _, bands, _, train_tiles, val, stats, _ = fit.prepare_data(result.config, run_dir, resume=True)
     train_seq, val_seq = fit.make_datasets(result.config, run_dir, train_tiles, val, stats, bands)
     callbacks = fit.make_callbacks(result.config, run_dir, train_seq, val_seq, stats, resume=True)
     watched = [c for c in callbacks if isinstance(c, (keras.callbacks.ModelCheckpoint, keras.callbacks.EarlyStopping))]
