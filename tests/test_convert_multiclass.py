@@ -12,6 +12,7 @@ import keras_glacier  # noqa: F401  (selects the Keras backend first)
 
 import inspect
 
+import keras
 import numpy as np
 import pytest
 import torch
@@ -34,6 +35,12 @@ def keras_model():
         signature = inspect.signature(build_deeplab)
         pytest.fail(f"needs the model branch (multi-class build_deeplab); build_deeplab{signature}: {exc}")
     randomize_weights(model, seed=7)
+    # Centre each class's logits (randomize_weights centres them together), so that every class wins
+    # somewhere and the argmax comparison means something.
+    head = model.get_layer("head")
+    kernel, bias = (np.asarray(keras.ops.convert_to_numpy(w)) for w in (head.kernel, head.bias))
+    logits = keras_logits(model, probe_batch(model, (1, 64, 64), seed=1))
+    head.set_weights([kernel, bias - np.median(logits.reshape(-1, logits.shape[-1]), axis=0)])
     return model
 
 
