@@ -18,9 +18,9 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from convert.config import BINARY_CLASSES, members_disagreement, model_config
 from convert.name_map import (
     ConversionError,
-    aspp_rates_of,
     check_against,
     keras_to_torch_state_dict,
     torch_to_keras,
@@ -110,68 +110,6 @@ def load_keras_model(source: str | os.PathLike) -> keras.Model:
     except Exception as exc:  # zip, JSON and deserialisation errors all mean "not a usable model"
         reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
         raise ConversionInputError(f"{path}: cannot load as a Keras model ({reason})") from exc
-
-
-#: The configuration keys model.pth carries (CONTRACT: the Keras model's get_config without its
-#: statistics, which travel as the normalisation buffers of the state dict).
-CONFIG_KEYS = (
-    "num_bands", "band_names", "task", "class_names", "class_values",
-    "aspp_rates", "reduction", "dropout", "output_stride", "threshold",
-)
-BINARY_CLASSES = ["background", "glacier"]
-
-
-def _plain(value):
-    """JSON-plain copy (tuples -> lists, numpy scalars -> Python), as torch.load(weights_only) reads."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
-def model_config(model: keras.Model, run_config: dict | None = None) -> dict:
-    """The configuration written into model.pth.
-
-    A ``GlacierDeepLab`` says what it is (``get_config()`` has ``band_names``); an older functional
-    model is a binary model whose band count, ASPP rates and CBAM reduction are read off its layers,
-    with the threshold of the run's config.json when there is one (else 0.5).
-    """
-    try:
-        own = model.get_config()
-    except (NotImplementedError, TypeError, AttributeError):
-        own = None
-    if isinstance(own, dict) and "band_names" in own:
-        config = {key: _plain(own[key]) for key in CONFIG_KEYS if key in own}
-        config["num_bands"] = int(config.get("num_bands", model.inputs[0].shape[-1]))
-        config.setdefault("threshold", float((run_config or {}).get("threshold", 0.5)))
-        return config
-    try:
-        in_channels = int(model.inputs[0].shape[-1])
-        rates = aspp_rates_of(model)
-        if rates is None:
-            raise ValueError("no layer aspp.b1.conv")
-        channels = int(model.get_layer("aspp.b0.conv").filters)
-        hidden = int(model.get_layer("aspp.b0.cbam.ca.fc1").units)
-        outputs = int(model.get_layer("head").filters)
-    except (ValueError, AttributeError, IndexError) as exc:
-        raise ConversionError(f"model '{model.name}' is not a keras-glacier DeepLab model: {exc}") from exc
-    if outputs != 1:
-        raise ConversionError(
-            f"model '{model.name}' has a {outputs}-class head but no configuration naming its classes "
-            "(save it as a keras_glacier GlacierDeepLab)"
-        )
-    config = {
-        "num_bands": in_channels, "task": "binary", "class_names": list(BINARY_CLASSES), "class_values": [0, 255],
-        "aspp_rates": list(rates), "reduction": channels // hidden,
-        "threshold": float((run_config or {}).get("threshold", 0.5)),
-    }
-    names = (run_config or {}).get("band_names")
-    if isinstance(names, list) and len(names) == in_channels:
-        config["band_names"] = [str(name) for name in names]
-    return config
 
 
 def build_torch_module(config: dict):
@@ -344,19 +282,10 @@ def _source_name(source) -> str:
     return f"model '{source.name}'" if isinstance(source, keras.Model) else str(source)
 
 
-#: Keys on which the members of an ensemble must agree: they average probabilities of the same
-#: classes computed from the same bands.
-AGREEMENT_KEYS = ("num_bands", "band_names", "task", "class_names", "class_values")
-
-
 def _check_members_agree(names: list[str], configs: list[dict]) -> None:
-    for key in AGREEMENT_KEYS:
-        values = [config.get(key) for config in configs]
-        if key == "band_names" and any(value is None for value in values):
-            continue  # an older model names no bands
-        if any(value != values[0] for value in values[1:]):
-            shown = "; ".join(f"{name}: {value}" for name, value in zip(names, values))
-            raise ConversionInputError(f"the runs disagree on {key} and cannot form one ensemble ({shown})")
+    problem = members_disagreement(names, configs)
+    if problem:
+        raise ConversionInputError(problem)
 
 
 def _float32_bytes(states: list[dict]) -> int:
