@@ -1,6 +1,7 @@
 """Keras <-> PyTorch conversion of the keras-glacier DeepLab: one name map, both directions.
 
-``python -m convert RUN_DIR -o model.pth`` writes the state dict that solution.py loads.
+``python -m convert RUN_DIR [RUN_DIR ...] -o model.pth`` writes the model.pth that solution.py loads:
+its configuration beside its weights, or an ensemble of several runs.
 """
 
 import keras_glacier  # noqa: F401  (selects the Keras backend before any submodule imports keras)
@@ -11,10 +12,11 @@ from convert.export import (
     ConversionInputError,
     ConversionReport,
     convert_model,
+    convert_models,
     load_keras_model,
 )
 from convert.name_map import ConversionError, check_against, keras_to_torch_state_dict, torch_to_keras
-from convert.pretrained import adapt_stem, load_torchvision_resnet34
+from convert.pretrained import adapt_stem, load_torchvision_resnet34, resolve_pretrained
 
 __all__ = [
     "ConversionError",
@@ -23,8 +25,10 @@ __all__ = [
     "adapt_stem",
     "check_against",
     "convert_model",
+    "convert_models",
     "keras_to_torch_state_dict",
     "load_keras_model",
     "load_torchvision_resnet34",
+    "resolve_pretrained",
     "torch_to_keras",
 ]

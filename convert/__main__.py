@@ -1,4 +1,4 @@
-"""Command line: ``python -m convert RUN_DIR_or_model.keras -o model.pth [--half] [--no-verify]``."""
+"""Command line: ``python -m convert RUN_DIR_or_model.keras [MORE ...] -o model.pth [--half] [--no-verify]``."""
 
 from __future__ import annotations
 
@@ -6,33 +6,37 @@ import argparse
 import sys
 from pathlib import Path
 
-from convert.export import convert_model, resolve_keras_path
+from convert.export import convert_models, resolve_keras_path
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m convert",
         description=(
-            "Convert a trained keras-glacier model to the PyTorch state dict (model.pth) that solution.py "
-            "loads. The file is written only if every weight maps onto solution.AttentionDeepLabV3Plus and "
-            "the written file reproduces the Keras logits."
+            "Convert trained keras-glacier models to the model.pth that solution.py loads: one run gives one "
+            "network, several runs (folds or seeds) one ensemble whose probabilities solution.py averages. "
+            "The file is written only if every weight maps onto solution.AttentionDeepLabV3Plus and the "
+            "written file reproduces each model's Keras logits."
         ),
     )
     parser.add_argument(
-        "source",
-        help="a training run folder (its model.keras is used) or a .keras model file",
+        "sources",
+        nargs="+",
+        metavar="source",
+        help="training run folders (their model.keras is used) or .keras model files; several make an ensemble",
     )
     parser.add_argument(
         "-o",
         "--out",
         default=None,
-        help="output .pth file (default: model.pth next to the .keras file)",
+        help="output .pth file (default: model.pth next to the first .keras file)",
     )
     parser.add_argument(
         "--half",
         action="store_true",
         help="store weights as float16 (half the size; solution.load_model casts them back to float32); "
-        "verified with a looser tolerance: max(5e-2, 1%% of the largest |logit|)",
+        "verified with a looser tolerance: max(5e-2, 1%% of the largest |logit|). An ensemble that would "
+        "exceed 200 MB in float32 is stored in float16 without this flag",
     )
     parser.add_argument(
         "--no-verify",
@@ -44,9 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_job(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    keras_path = resolve_keras_path(args.source)
-    out = Path(args.out) if args.out else keras_path.with_name("model.pth")
-    report = convert_model(keras_path, out, half=args.half, verify=not args.no_verify)
+    keras_paths = [resolve_keras_path(source) for source in args.sources]
+    out = Path(args.out) if args.out else keras_paths[0].with_name("model.pth")
+    half = True if args.half else (None if len(keras_paths) > 1 else False)
+    report = convert_models(keras_paths, out, half=half, verify=not args.no_verify)
     print(report.summary())
     return 0
 

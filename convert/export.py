@@ -9,6 +9,7 @@ overwrites with) a bad file.
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from dataclasses import dataclass
@@ -17,9 +18,9 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from convert.config import BINARY_CLASSES, members_disagreement, model_config
 from convert.name_map import (
     ConversionError,
-    aspp_rates_of,
     check_against,
     keras_to_torch_state_dict,
     torch_to_keras,
@@ -34,6 +35,9 @@ FP32_TOLERANCE = 1e-4
 #: moves logits by a small fraction of their magnitude: accepted is max(5e-2, 1e-2 * max|logit|).
 HALF_TOLERANCE = 5e-2
 HALF_RELATIVE_TOLERANCE = 1e-2
+#: ``model.pth["format"]`` values, as solution.py reads them.
+FORMAT = "keras-glacier/1"
+ENSEMBLE_FORMAT = "keras-glacier-ensemble/1"
 #: Verification batch: two tiles of 64x64 (a multiple of the output stride), fixed seed.
 PROBE_SHAPE = (2, 64, 64)
 PROBE_SEED = 1234
@@ -55,6 +59,9 @@ class ConversionReport:
     in_channels: int
     aspp_rates: tuple[int, ...]
     reduction: int
+    task: str = "binary"
+    class_names: tuple[str, ...] = ("background", "glacier")
+    members: int = 1
     max_abs_diff: float | None = None  # None when verification was skipped
     mask_agreement: float | None = None  # fraction of probe pixels with the same (logit > 0) decision
     tolerance: float | None = None
@@ -62,9 +69,11 @@ class ConversionReport:
 
     def summary(self) -> str:
         dtype = "float16" if self.half else "float32"
+        what = f"an ensemble of {self.members} networks, " if self.members > 1 else ""
         lines = [
-            f"wrote {self.path} ({self.size_bytes / 1e6:.1f} MB, {self.size_bytes} bytes, {dtype}, "
-            f"{self.num_tensors} tensors, {self.num_parameters / 1e6:.2f}M parameters)"
+            f"wrote {self.path} ({what}{self.size_bytes / 1e6:.1f} MB, {self.size_bytes} bytes, {dtype}, "
+            f"{self.num_tensors} tensors, {self.num_parameters / 1e6:.2f}M parameters; {self.task}: "
+            f"{', '.join(self.class_names)})"
         ]
         if self.max_abs_diff is None:
             lines.append("verification skipped (--no-verify)")
@@ -74,6 +83,7 @@ class ConversionReport:
                 f"verified against Keras on {batch}x{height}x{width}: "
                 f"max |logit diff| = {self.max_abs_diff:.3g} "
                 f"(tolerance {self.tolerance:.3g}), mask agreement {100 * self.mask_agreement:.3f}%"
+                + (" (worst member)" if self.members > 1 else "")
             )
         lines += [f"note: {note}" for note in self.notes]
         return "\n".join(lines)
@@ -102,30 +112,14 @@ def load_keras_model(source: str | os.PathLike) -> keras.Model:
         raise ConversionInputError(f"{path}: cannot load as a Keras model ({reason})") from exc
 
 
-def model_config(model: keras.Model) -> dict:
-    """The constructor arguments of the PyTorch twin, read off the Keras model's layers."""
-    try:
-        in_channels = int(model.inputs[0].shape[-1])
-        rates = aspp_rates_of(model)
-        if rates is None:
-            raise ValueError("no layer aspp.b1.conv")
-        channels = int(model.get_layer("aspp.b0.conv").filters)
-        hidden = int(model.get_layer("aspp.b0.cbam.ca.fc1").units)
-    except (ValueError, AttributeError, IndexError) as exc:
-        raise ConversionError(f"model '{model.name}' is not a keras-glacier DeepLab model: {exc}") from exc
-    return {"in_channels": in_channels, "aspp_rates": rates, "reduction": channels // hidden}
-
-
 def build_torch_module(config: dict):
     """The PyTorch twin with the given configuration, in eval mode (imports solution.py lazily)."""
     import solution
 
-    module = solution.AttentionDeepLabV3Plus(
-        in_channels=config["in_channels"],
-        aspp_rates=tuple(config["aspp_rates"]),
-        reduction=config["reduction"],
-    )
-    return module.eval()
+    try:
+        return solution.AttentionDeepLabV3Plus.from_config(config).eval()
+    except solution.InputError as exc:
+        raise ConversionError(str(exc)) from exc
 
 
 def torch_state_dict(model: keras.Model, module, half: bool = False) -> dict:
@@ -135,17 +129,11 @@ def torch_state_dict(model: keras.Model, module, half: bool = False) -> dict:
     converted = keras_to_torch_state_dict(model)
     reference = module.state_dict()
     check_against(reference, converted)
-    tensors = {}
-    for key, value in converted.items():
-        tensor = torch.from_numpy(np.array(value, order="C")).to(reference[key].dtype)  # keeps 0-d counters 0-d
-        if half and tensor.is_floating_point():
-            half_tensor = tensor.to(torch.float16)
-            if bool(torch.isinf(half_tensor).any()) and not bool(torch.isinf(tensor).any()):
-                largest = float(tensor.abs().max())
-                raise ConversionError(f"weight '{key}' overflows float16 (max |value| {largest:.3g})")
-            tensor = half_tensor
-        tensors[key] = tensor.contiguous()
-    return tensors
+    tensors = {
+        key: torch.from_numpy(np.array(value, order="C")).to(reference[key].dtype).contiguous()  # 0-d stays 0-d
+        for key, value in converted.items()
+    }
+    return _halved(tensors) if half else tensors
 
 
 def probe_batch(
@@ -171,12 +159,12 @@ def _band_range(model: keras.Model) -> tuple[np.ndarray, np.ndarray]:
 
 
 def keras_logits(model: keras.Model, batch: np.ndarray) -> np.ndarray:
-    """(B, H, W, 1) float32 logits, inference mode."""
+    """(B, H, W, K) float32 logits (K = 1 binary), inference mode."""
     return np.asarray(keras.ops.convert_to_numpy(model(batch, training=False)), dtype=np.float32)
 
 
 def torch_logits(module, batch: np.ndarray) -> np.ndarray:
-    """(B, H, W, 1) float32 logits of the PyTorch twin for a channels-last batch."""
+    """(B, H, W, K) float32 logits of the PyTorch twin for a channels-last batch."""
     import torch
 
     with torch.no_grad():
@@ -185,12 +173,15 @@ def torch_logits(module, batch: np.ndarray) -> np.ndarray:
 
 
 def compare_logits(reference: np.ndarray, other: np.ndarray) -> tuple[float, float]:
-    """(max |diff|, agreement of the logit > 0 masks)."""
+    """(max |diff|, agreement of the masks: logit > 0 for one output, the argmax for K)."""
     if reference.shape != other.shape:
         raise ConversionError(f"logit shapes differ: Keras {reference.shape}, PyTorch {other.shape}")
     diff = np.abs(reference.astype(np.float64) - other.astype(np.float64))
     max_diff = float(diff.max()) if np.isfinite(diff).all() else float("inf")
-    agreement = float(np.mean((reference > 0) == (other > 0)))
+    if reference.shape[-1] == 1:
+        agreement = float(np.mean((reference > 0) == (other > 0)))
+    else:
+        agreement = float(np.mean(np.argmax(reference, -1) == np.argmax(other, -1)))
     return max_diff, agreement
 
 
@@ -225,11 +216,15 @@ def float32_reference(model: keras.Model, config: dict) -> tuple[keras.Model, tu
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy("float32")
     try:
+        kwargs = {}
+        if config.get("task", "binary") != "binary":  # the multi-class head (model branch API)
+            kwargs = {"task": config["task"], "class_names": config["class_names"]}
         reference = build_deeplab(
-            num_bands=config["in_channels"],
+            num_bands=config["num_bands"],
             stats=stats,
             aspp_rates=config["aspp_rates"],
             reduction=config["reduction"],
+            **kwargs,
         )
     finally:
         keras.config.set_dtype_policy(previous)
@@ -241,19 +236,20 @@ def float32_reference(model: keras.Model, config: dict) -> tuple[keras.Model, tu
     return reference, (note,)
 
 
-def _save_atomically_verified(tensors: dict, out_path: Path, verify_file) -> int:
+def _save_atomically_verified(content: dict, out_path: Path, verify_file) -> int:
     """Writes to a temporary sibling, lets ``verify_file`` inspect it, then renames it into place."""
     import torch
 
     # A fresh sibling name (not mkstemp, whose 0600 mode would carry over to the published file).
     tmp = out_path.with_name(f".{out_path.name}.{uuid.uuid4().hex[:12]}.tmp")
     try:
-        torch.save(tensors, tmp)
+        torch.save(content, tmp)
         size = tmp.stat().st_size
         if size > MAX_BYTES:
             raise ConversionError(
                 f"{out_path}: not written: it would be {size / 1e6:.1f} MB, "
                 f"over the {MAX_BYTES / 1e6:.0f} MB limit"
+                + (" even in float16" if _is_half(content) else "")
             )
         verify_file(tmp)
         os.replace(tmp, out_path)
@@ -263,31 +259,77 @@ def _save_atomically_verified(tensors: dict, out_path: Path, verify_file) -> int
     return size
 
 
-def convert_model(
-    keras_model_or_path: keras.Model | str | os.PathLike,
+def _is_half(content: dict) -> bool:
+    import torch
+
+    states = [member["state_dict"] for member in content.get("members", [content])]
+    return any(value.dtype == torch.float16 for state in states for value in state.values())
+
+
+def _run_config(source) -> dict:
+    """The config.json of the run a .keras file belongs to ({} without one, or for an in-memory model)."""
+    if isinstance(source, keras.Model):
+        return {}
+    config_path = resolve_keras_path(source).parent / "config.json"
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
+    except (OSError, ValueError) as exc:
+        raise ConversionInputError(f"{config_path}: cannot read run config ({type(exc).__name__}: {exc})") from exc
+    return config if isinstance(config, dict) else {}
+
+
+def _source_name(source) -> str:
+    return f"model '{source.name}'" if isinstance(source, keras.Model) else str(source)
+
+
+def _check_members_agree(names: list[str], configs: list[dict]) -> None:
+    problem = members_disagreement(names, configs)
+    if problem:
+        raise ConversionInputError(problem)
+
+
+def _float32_bytes(states: list[dict]) -> int:
+    return sum(4 * value.numel() if value.is_floating_point() else value.element_size() * value.numel()
+               for state in states for value in state.values())
+
+
+def convert_models(
+    sources: list,
     out_path: str | os.PathLike,
-    half: bool = False,
+    half: bool | None = False,
     verify: bool = True,
 ) -> ConversionReport:
-    """Converts a Keras model (object, .keras file or run folder) into a verified PyTorch state dict file.
+    """Converts one Keras model or several (an ensemble) into one verified ``model.pth``.
 
-    Raises ConversionInputError for user mistakes and ConversionError when the model and the PyTorch
-    module disagree or the written file does not reproduce the Keras logits; no file is left then,
-    and an existing ``out_path`` is untouched.
+    One source writes ``{"format": "keras-glacier/1", "config", "state_dict"}``; several write
+    ``{"format": "keras-glacier-ensemble/1", "members": [...]}``, whose members must agree on bands
+    and classes. ``half=None`` chooses float16 only when float32 would exceed the 200 MB limit; a
+    file over the limit even then is refused with its size. Every member is checked against its
+    Keras model (parity per member) through the file solution.py will read.
     """
-    if isinstance(keras_model_or_path, keras.Model):
-        model = keras_model_or_path
-    else:
-        model = load_keras_model(keras_model_or_path)
+    if not sources:
+        raise ConversionInputError("no model to convert")
+    models = [source if isinstance(source, keras.Model) else load_keras_model(source) for source in sources]
+    names = [_source_name(source) for source in sources]
     out_path = Path(out_path)
     if out_path.is_dir():
         raise ConversionInputError(f"{out_path}: is a folder; give the output file name (e.g. model.pth)")
     if not out_path.parent.is_dir():
         raise ConversionInputError(f"{out_path.parent}: output folder does not exist")
 
-    config = model_config(model)
-    module = build_torch_module(config)
-    tensors = torch_state_dict(model, module, half=half)
+    configs = [model_config(model, _run_config(source)) for model, source in zip(models, sources)]
+    if len(models) > 1:
+        _check_members_agree(names, configs)
+    modules = [build_torch_module(config) for config in configs]
+    full = [torch_state_dict(model, module) for model, module in zip(models, modules)]
+    if half is None:
+        half = _float32_bytes(full) > MAX_BYTES * 0.98  # 2% for the container and the configuration
+    states = [_halved(state) if half else state for state in full]
+    if len(models) == 1:
+        content: dict = {"format": FORMAT, "config": configs[0], "state_dict": states[0]}
+    else:
+        members = [{"config": config, "state_dict": state} for config, state in zip(configs, states)]
+        content = {"format": ENSEMBLE_FORMAT, "members": members}
     measured: dict = {}
     notes: list[str] = []
 
@@ -299,32 +341,73 @@ def convert_model(
         try:
             loaded = solution.load_model(str(tmp), "cpu")
         except solution.InputError as exc:
-            reason = str(exc).replace(f"{tmp}: ", "")
+            reason = str(exc).replace(f"{tmp}: ", "").replace(f"{tmp} ", "")
             raise ConversionError(f"{out_path}: not written: solution.load_model rejects it: {reason}") from exc
-        reference_model, precision_notes = float32_reference(model, config)
-        notes.extend(precision_notes)
-        batch = probe_batch(reference_model)
-        reference = keras_logits(reference_model, batch)
-        max_diff, agreement = compare_logits(reference, torch_logits(loaded, batch))
-        tolerance = tolerance_for(reference, half)
-        measured.update(max_abs_diff=max_diff, mask_agreement=agreement, tolerance=tolerance)
-        if not max_diff <= tolerance:
-            raise ConversionError(
-                f"{out_path}: not written: the PyTorch model's logits differ from Keras "
-                f"by up to {max_diff:.3g} "
-                f"(tolerance {tolerance:.3g}; mask agreement {100 * agreement:.3f}%)"
-            )
+        loaded_members = list(loaded.members) if len(models) > 1 else [loaded]
+        worst: dict = {}
+        for name, model, config, member in zip(names, models, configs, loaded_members):
+            reference_model, precision_notes = float32_reference(model, config)
+            notes.extend(precision_notes)
+            batch = probe_batch(reference_model)
+            reference = keras_logits(reference_model, batch)
+            max_diff, agreement = compare_logits(reference, torch_logits(member, batch))
+            tolerance = tolerance_for(reference, half)
+            where = f" (member {name})" if len(models) > 1 else ""
+            if not max_diff <= tolerance:
+                raise ConversionError(
+                    f"{out_path}: not written: the PyTorch model's logits differ from Keras{where} "
+                    f"by up to {max_diff:.3g} "
+                    f"(tolerance {tolerance:.3g}; mask agreement {100 * agreement:.3f}%)"
+                )
+            if not worst or max_diff / tolerance > worst["max_abs_diff"] / worst["tolerance"]:
+                worst = {"max_abs_diff": max_diff, "mask_agreement": agreement, "tolerance": tolerance}
+        measured.update(worst)
 
-    size = _save_atomically_verified(tensors, out_path, verify_file)
+    size = _save_atomically_verified(content, out_path, verify_file)
+    if half and len(models) > 1:
+        notes.append("stored as float16 to stay under the 200 MB limit (solution.py computes in float32)")
     return ConversionReport(
         path=out_path,
         size_bytes=size,
-        half=half,
-        num_tensors=len(tensors),
-        num_parameters=int(sum(parameter.numel() for parameter in module.parameters())),
-        in_channels=config["in_channels"],
-        aspp_rates=tuple(config["aspp_rates"]),
-        reduction=config["reduction"],
+        half=bool(half),
+        num_tensors=sum(len(state) for state in states),
+        num_parameters=int(sum(p.numel() for module in modules for p in module.parameters())),
+        in_channels=configs[0]["num_bands"],
+        aspp_rates=tuple(configs[0]["aspp_rates"]),
+        reduction=configs[0]["reduction"],
+        task=configs[0].get("task", "binary"),
+        class_names=tuple(configs[0].get("class_names", BINARY_CLASSES)),
+        members=len(models),
         notes=tuple(notes),
         **measured,
     )
+
+
+def _halved(state: dict) -> dict:
+    import torch
+
+    halved = {}
+    for key, tensor in state.items():
+        if tensor.is_floating_point():
+            half_tensor = tensor.to(torch.float16)
+            if bool(torch.isinf(half_tensor).any()) and not bool(torch.isinf(tensor).any()):
+                largest = float(tensor.abs().max())
+                raise ConversionError(f"weight '{key}' overflows float16 (max |value| {largest:.3g})")
+            tensor = half_tensor
+        halved[key] = tensor.contiguous()
+    return halved
+
+
+def convert_model(
+    keras_model_or_path: keras.Model | str | os.PathLike,
+    out_path: str | os.PathLike,
+    half: bool | None = False,
+    verify: bool = True,
+) -> ConversionReport:
+    """Converts a Keras model (object, .keras file or run folder) into a verified ``model.pth``.
+
+    Raises ConversionInputError for user mistakes and ConversionError when the model and the PyTorch
+    module disagree or the written file does not reproduce the Keras logits; no file is left then,
+    and an existing ``out_path`` is untouched.
+    """
+    return convert_models([keras_model_or_path], out_path, half=half, verify=verify)

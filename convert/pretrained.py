@@ -1,22 +1,81 @@
-"""Initialises the Keras backbone from a torchvision-layout ResNet-34 state dict the user supplies.
+"""Initialises the Keras backbone from a torchvision-layout ResNet-34 state dict.
 
-Nothing is downloaded: the user names a file (e.g. torchvision's ``resnet34-b627a593.pth``). The
-3-channel RGB stem is spread over the model's N input bands so that a band-stacked input of
-RGB-like statistics produces the same stem activations in expectation as RGB did.
+``--pretrained FILE`` names the file; ``--pretrained imagenet`` (:func:`resolve_pretrained`) finds
+torchvision's ImageNet weights in the torch hub cache, downloading them there (checked against the
+published hash, as torchvision does) where there is internet. The 3-channel RGB stem is spread over
+the model's N input bands so that a band-stacked input of RGB-like statistics produces the same stem
+activations in expectation as RGB did.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from urllib.parse import urlparse
 
 import keras
 import numpy as np
 
 from convert.name_map import ConversionError, iter_weighted_layers, layer_kind, torch_to_keras
 
+#: torchvision's ResNet-34 ImageNet weights (``ResNet34_Weights.IMAGENET1K_V1``): the published URL,
+#: and the sha256 prefix that torchvision checks, which is also in the file name.
+IMAGENET_URL = "https://download.pytorch.org/models/resnet34-b627a593.pth"
+IMAGENET_HASH_PREFIX = "b627a593"
+PRETRAINED_NAMES = ("imagenet",)
+
 STEM_KEY = "conv1.weight"
 IGNORED_PREFIXES = ("fc.",)  # the ImageNet classifier has no counterpart in the segmentation model
+
+
+def hub_checkpoint_path(url: str = IMAGENET_URL) -> Path:
+    """Where torch hub (and torchvision) keep ``url``'s file: ``<torch hub dir>/checkpoints/<name>``."""
+    import torch
+
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name
+
+
+def resolve_pretrained(
+    spec: str | Path, url: str = IMAGENET_URL, hash_prefix: str = IMAGENET_HASH_PREFIX, progress: bool = False
+) -> Path:
+    """The state dict file that ``--pretrained SPEC`` means.
+
+    ``imagenet``: torchvision's ResNet-34 ImageNet weights in the torch hub cache (shared with
+    torchvision, so a file it downloaded is reused), downloaded from ``url`` when absent and accepted
+    only if its sha256 starts with ``hash_prefix``. Anything else is a path to an existing file.
+    Raises ConversionInputError with one line: the file missing, the hash wrong, or no network (then
+    telling the user where to download the file and to pass it with ``--pretrained FILE``).
+    """
+    from convert.export import ConversionInputError
+
+    if str(spec).lower() not in PRETRAINED_NAMES:
+        path = Path(spec).expanduser()
+        if not path.is_file():
+            raise ConversionInputError(
+                f"{path}: pretrained weights file not found (give a file or one of: {', '.join(PRETRAINED_NAMES)})"
+            )
+        return path
+    target = hub_checkpoint_path(url)
+    if target.is_file():
+        return target
+    import torch
+
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(url, str(target), hash_prefix=hash_prefix, progress=progress)
+    except RuntimeError as exc:  # torch.hub's "invalid hash value" (the partial file is removed)
+        if target.exists():
+            target.unlink()
+        raise ConversionInputError(
+            f"{url}: downloaded file does not match the published hash {hash_prefix} ({' '.join(str(exc).split())})"
+        ) from exc
+    except (OSError, ValueError) as exc:  # URLError is an OSError: no network, proxy, read-only cache
+        raise ConversionInputError(
+            f"{target}: ImageNet weights not cached and cannot be downloaded ({type(exc).__name__}: "
+            f"{' '.join(str(exc).split())[:200]}); download {url} elsewhere and pass its path with "
+            "--pretrained FILE"
+        ) from exc
+    return target
 
 
 def adapt_stem(rgb_weight: np.ndarray, num_bands: int) -> np.ndarray:

@@ -27,7 +27,8 @@ MODEL_FILE = "model.keras"
 CONFIG_FILE = "config.json"
 STATS_FILE = "stats.json"
 
-#: solution.Forward: float32 (N, H, W, C) raw bands -> glacier probabilities (N, H, W).
+#: solution.Forward: float32 (N, H, W, C) raw bands -> glacier probabilities (N, H, W) (binary model)
+#: or class probabilities (N, H, W, K) (K-class model).
 Forward = Callable[[np.ndarray], np.ndarray]
 
 
@@ -60,8 +61,40 @@ class LoadedModel:
         return int(self.model.inputs[0].shape[-1])
 
     @property
+    def num_outputs(self) -> int:
+        return int(self.model.outputs[0].shape[-1])
+
+    @property
     def name(self) -> str:
         return str(self.path) if self.path is not None else f"model '{self.model.name}'"
+
+    @property
+    def settings(self) -> dict:
+        """Task, classes, class values, threshold and band names, completed like model.pth's configuration.
+
+        The model's own configuration (a GlacierDeepLab's ``get_config``) wins over the run's
+        config.json; a model with neither is binary with threshold 0.5.
+        """
+        own: dict = {}
+        try:
+            config = self.model.get_config()
+            if isinstance(config, dict) and "band_names" in config:
+                own = config
+        except (NotImplementedError, TypeError, AttributeError):
+            pass
+        settings = {"num_bands": self.num_bands}
+        for key in ("task", "class_names", "class_values", "threshold", "band_names"):
+            value = own.get(key, self.config.get(key))
+            if value is not None:
+                settings[key] = list(value) if isinstance(value, tuple) else value
+        if "task" not in settings and self.num_outputs > 1:
+            raise InputError(f"{self.name}: a {self.num_outputs}-class model without class names in its "
+                             f"configuration or the run's {CONFIG_FILE}")
+        solution = solution_module()
+        try:
+            return solution.complete_config(settings, self.name)
+        except solution.InputError as exc:
+            raise InputError(str(exc)) from exc
 
 
 def resolve_model_path(source: str | os.PathLike) -> Path:
@@ -112,13 +145,23 @@ def load_run(source) -> LoadedModel:
             raise InputError(f"{path}: cannot load as a Keras model ({reason})") from exc
         loaded = LoadedModel(model, path, config)
     inputs, outputs = loaded.model.inputs, loaded.model.outputs
-    if len(inputs) != 1 or len(inputs[0].shape) != 4 or len(outputs) != 1 or outputs[0].shape[-1] != 1:
-        raise InputError(f"{loaded.name}: not a segmentation model taking (B, H, W, bands) and returning (B, H, W, 1)")
+    if len(inputs) != 1 or len(inputs[0].shape) != 4 or len(outputs) != 1 or len(outputs[0].shape) != 4:
+        raise InputError(f"{loaded.name}: not a segmentation model taking (B, H, W, bands) and returning (B, H, W, K)")
+    expected = solution_module().num_outputs(loaded.settings)
+    if loaded.num_outputs != expected:
+        settings = loaded.settings
+        raise InputError(
+            f"{loaded.name}: the model has {loaded.num_outputs} outputs but its configuration describes a "
+            f"{settings['task']} model with classes {', '.join(settings['class_names'])} ({expected} outputs)"
+        )
     return loaded
 
 
 def keras_forward(model) -> Forward:
     """A ``solution.Forward`` running ``model`` in inference mode, compiled once per input shape.
+
+    One output: the glacier probability (sigmoid), (N, H, W); K outputs: the class probabilities
+    (softmax), (N, H, W, K).
 
     On JAX the whole sigmoid(model(x)) is one ``jax.jit`` function of the weights and the batch, so
     XLA compiles it once per (N, H, W, C) and later calls only run it; the weights are arguments,
@@ -128,13 +171,15 @@ def keras_forward(model) -> Forward:
     """
     import keras
 
+    single = int(model.outputs[0].shape[-1]) == 1
     if keras.backend.backend() == "jax":
         import jax
 
         @jax.jit
         def probabilities(trainable, non_trainable, batch):
             logits, _ = model.stateless_call(trainable, non_trainable, batch, training=False)
-            return jax.nn.sigmoid(logits.astype("float32"))[..., 0]
+            logits = logits.astype("float32")
+            return jax.nn.sigmoid(logits)[..., 0] if single else jax.nn.softmax(logits, axis=-1)
 
         def run(batch: np.ndarray) -> np.ndarray:
             # Current values on every call: Keras' own fit/predict donate (delete) the old buffers.
@@ -146,6 +191,8 @@ def keras_forward(model) -> Forward:
 
         def run(batch: np.ndarray) -> np.ndarray:
             logits = keras.ops.cast(model(batch, training=False), "float32")
+            if not single:
+                return keras.ops.convert_to_numpy(keras.ops.softmax(logits, axis=-1))
             return keras.ops.convert_to_numpy(keras.ops.sigmoid(logits))[..., 0]
 
     largest: dict[tuple[int, ...], int] = {}
@@ -172,8 +219,8 @@ def check_tiling(window: int, overlap: int, batch_size: int) -> None:
         raise InputError(f"--batch-size {batch_size}: must be at least 1")
 
 
-def check_threshold(threshold: float) -> None:
-    if not 0.0 <= threshold < 1.0:
+def check_threshold(threshold: float | None) -> None:
+    if threshold is not None and not 0.0 <= threshold < 1.0:
         raise InputError(f"--threshold {threshold}: must be in [0, 1) (a pixel is glacier when prob > threshold)")
 
 
@@ -188,6 +235,37 @@ def choose_bands(
     if bands is None and source.kind == NPY and config and config.get("bands") is not None:
         bands = config["bands"]
     return source.resolve_bands(bands)
+
+
+def band_names_warning(loaded: LoadedModel, source: DatasetSource, bands: Sequence[int]) -> str | None:
+    """A warning when the data's bands measure something else than the model's, else None.
+
+    Uses the data room's ``band_names_mismatch`` (names compared by what they measure) when it is
+    there; otherwise names are compared as text, generic folder names (``Band1``) matching anything.
+    """
+    model_names = loaded.settings.get("band_names")
+    data_names = getattr(source, "band_names", None)
+    if not model_names or not data_names or max(bands) >= len(data_names):
+        return None
+    chosen = [str(data_names[index]) for index in bands]
+    try:
+        from keras_glacier.data.bands import band_names_mismatch
+    except ImportError:
+        band_names_mismatch = _names_differ
+    return band_names_mismatch(list(model_names), chosen)
+
+
+def _names_differ(model_names: Sequence[str], data_names: Sequence[str]) -> str | None:
+    import re
+
+    generic = re.compile(r"^band[\s_-]*\d+$", re.IGNORECASE)
+    for model_name, data_name in zip(model_names, data_names):
+        if generic.match(model_name) or generic.match(data_name):
+            continue
+        if model_name.lower() != data_name.lower():
+            return (f"the model was trained on bands {', '.join(model_names)} but the data gives "
+                    f"{', '.join(data_names)}: predictions may be wrong")
+    return None
 
 
 def check_band_count(loaded: LoadedModel, source: DatasetSource, bands: Sequence[int]) -> None:
@@ -242,7 +320,7 @@ def predict_probabilities(
     overlap: int = 128,
     batch_size: int = 4,
 ) -> list[np.ndarray]:
-    """``solution.predict_tiles`` with the network's stride: (H, W) float32 probabilities per image."""
+    """``solution.predict_tiles`` with the network's stride: float32 (H, W) or (H, W, K) per image."""
     return solution_module().predict_tiles(
         forward, images, tta=tta, window=window, overlap=overlap, batch_size=batch_size, multiple=OUTPUT_STRIDE
     )

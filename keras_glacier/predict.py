@@ -1,11 +1,14 @@
 """``python -m keras_glacier.predict``: glacier masks from a trained Keras model, written like the submission's.
 
 The masks are indistinguishable in form from ``solution.maskgeration``'s: one uncompressed uint8
-TIFF of 0/255 per tile, named after the tile's Band1 file (``<stem>.tif`` for npy slices), same
+TIFF per tile (0/255 for a binary model; each class's phase-2 value, 0/85/170/255, for a
+multi-class model), named after the tile's Band1 file (``<stem>.tif`` for npy slices), same
 height and width, Band1's GeoTIFF tags, no-data pixels background, written atomically. That is
 because the same code does it: ``solution.predict_tiles`` (flip TTA, padding, overlapping windows)
-fed with a jit-compiled Keras forward, then ``solution.write_mask_tiff``. A pixel is glacier when
-its probability is strictly above the threshold, as in ``solution.py`` and ``keras_glacier.metrics``.
+fed with a jit-compiled Keras forward, then ``solution.classify`` / ``encode_classes`` /
+``write_values_tiff``. A pixel is glacier when its probability is strictly above the threshold (the
+model's, chosen in training; 0.5 when it has none), as in ``solution.py`` and ``keras_glacier.metrics``;
+a multi-class pixel takes the most probable class.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from keras_glacier.data.errors import InputError
 from keras_glacier.data.fileio import atomic_write
 from keras_glacier.data.sources import TIFF, discover
 from keras_glacier.inference import (
+    band_names_warning,
     bands_argument,
     check_band_count,
     check_output_folder,
@@ -64,12 +68,21 @@ class PredictSummary:
 
 
 def write_probability_tiff(path: Path, probability: np.ndarray, reference_path: str | None) -> None:
-    """Float32 probabilities with the same georeferencing as the mask, written atomically."""
+    """Float32 probabilities with the same georeferencing as the mask, written atomically.
+
+    Binary: one band, the glacier probability; K classes: K bands (planes), one per class.
+    """
     import tifffile
 
     tags = shared("geotiff_tags", reference_path) if reference_path is not None else []
     data = np.ascontiguousarray(probability, dtype=np.float32)
-    write = partial(tifffile.imwrite, data=data, photometric="minisblack", compression=None, metadata=None)
+    options = {}
+    if data.ndim == 3:
+        data = np.ascontiguousarray(np.moveaxis(data, -1, 0))
+        options = {"planarconfig": "separate"}
+    write = partial(
+        tifffile.imwrite, data=data, photometric="minisblack", compression=None, metadata=None, **options
+    )
     atomic_write(path, lambda tmp: write(tmp, extratags=tags))
 
 
@@ -81,7 +94,7 @@ def predict_folder(
     window: int = DEFAULT_WINDOW,
     overlap: int = DEFAULT_OVERLAP,
     batch_size: int = DEFAULT_BATCH_SIZE,
-    threshold: float = 0.5,
+    threshold: float | None = None,
     bands: Sequence[int] | None = None,
     probabilities: bool = False,
     progress: bool | None = None,
@@ -90,8 +103,10 @@ def predict_folder(
 
     ``model``: run folder, ``.keras`` file or a ``keras.Model``. ``data``: band folders or npy slices
     (``keras_glacier.data.discover``). ``bands`` only matters for npy slices (default: the run's
-    config.json, else DEFAULT_BANDS); band folders are read whole. ``progress=None``: a progress
-    bar only on a terminal.
+    config.json, else DEFAULT_BANDS); band folders are read whole. ``threshold`` (binary models):
+    default the model's (its configuration, else the run's config.json, else 0.5). A warning goes
+    to stderr when the data's band names say other bands than the model was trained on.
+    ``progress=None``: a progress bar only on a terminal.
     """
     from tqdm import tqdm
 
@@ -104,11 +119,17 @@ def predict_folder(
     loaded = load_run(model)
     chosen = choose_bands(source, bands, loaded.config)
     check_band_count(loaded, source, chosen)
+    settings = dict(loaded.settings)
+    if threshold is not None:
+        settings["threshold"] = threshold
+    warning = band_names_warning(loaded, source, chosen)
+    if warning:
+        print(f"warning: {loaded.name}: {warning}", file=sys.stderr)
     make_folder(out)
     if probabilities:
         make_folder(out / PROBABILITY_FOLDER)
     forward = keras_forward(loaded.model)
-    write_mask = solution_module().write_mask_tiff
+    solution = solution_module()
     paths = []
     # Labels play no part in a prediction: band-folder tiles are read without them (npy slices
     # always come with their masks, which read_sample then checks).
@@ -121,9 +142,10 @@ def predict_folder(
             for tile, probability in zip(chunk, maps):
                 name = output_name(tile.sample)
                 reference = reference_tiff(tile.sample)
+                values = solution.encode_classes(solution.classify(probability, settings), settings)
                 try:
-                    write_mask(out / name, (probability > threshold).astype(np.uint8), reference)
-                except solution_module().InputError as exc:
+                    solution.write_values_tiff(out / name, values, reference)
+                except solution.InputError as exc:
                     raise InputError(str(exc)) from exc
                 if probabilities:
                     write_probability_tiff(out / PROBABILITY_FOLDER / name, probability, reference)
@@ -153,8 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
                         help=f"tiles read at a time, and images per forward pass, each TTA flip counting as one "
                              f"(default {DEFAULT_BATCH_SIZE})")
-    parser.add_argument("--threshold", type=float, default=0.5,
-                        help="a pixel is glacier when its probability is strictly above this (default 0.5)")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="binary models: a pixel is glacier when its probability is strictly above this "
+                        "(default: the model's threshold, chosen in training; 0.5 when it has none)")
     parser.add_argument("--bands", type=bands_argument, default=None,
                         help="npy slices only: comma-separated channels to feed the model (default: the run's "
                         "config.json, else 1,2,3,5,9); band folders are always read whole, in band order")

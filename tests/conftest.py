@@ -35,6 +35,13 @@ DEMO_SIZE = 64
 DEMO_TIFF_TILES = 6
 
 
+@pytest.fixture(autouse=True)
+def _no_submission_time_budget(monkeypatch):
+    """solution.maskgeration's time budget off: on a busy test machine it would drop TTA views and make
+    masks depend on the load. Tests of the budget set GLACIER_TIME_BUDGET themselves."""
+    monkeypatch.setenv("GLACIER_TIME_BUDGET", "0")
+
+
 @pytest.fixture(scope="session")
 def demo_npy_root(tmp_path_factory):
     return make_demo_dataset(

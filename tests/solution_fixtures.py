@@ -37,10 +37,18 @@ def scene(height, width, channels=5, seed=0):
     return image.astype(np.float32)
 
 
-def make_test_model(in_channels=5, seed=0):
-    """An eval-mode AttentionDeepLabV3Plus with non-trivial weights and statistics (see module doc)."""
+def make_test_model(in_channels=5, seed=0, config=None):
+    """An eval-mode AttentionDeepLabV3Plus with non-trivial weights and statistics (see module doc).
+
+    ``config``: a model.pth configuration (e.g. a multi-class one) to build from instead of the
+    binary default; its ``num_bands`` wins over ``in_channels``.
+    """
     torch.manual_seed(seed)
-    model = solution.AttentionDeepLabV3Plus(in_channels=in_channels).eval()
+    if config is not None:
+        model = solution.AttentionDeepLabV3Plus.from_config(config).eval()
+        in_channels = model.in_channels
+    else:
+        model = solution.AttentionDeepLabV3Plus(in_channels=in_channels).eval()
     generator = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for module in model.modules():
@@ -58,7 +66,8 @@ def make_test_model(in_channels=5, seed=0):
         logits = model(reference)
         model.head.weight.mul_(2.0 / float(logits.std()))
         logits = model(reference)
-        model.head.bias.sub_(float(logits.median()))
+        # Centre each output: about half the pixels glacier (binary), every class present (K classes).
+        model.head.bias.sub_(logits.transpose(0, 1).reshape(logits.shape[1], -1).median(dim=1).values)
     return model
 
 
@@ -67,6 +76,18 @@ def save_weights(model, path, half=False):
     state = {k: (v.half() if half and v.is_floating_point() else v) for k, v in model.state_dict().items()}
     torch.save(state, path)
     return path
+
+
+def save_model_pth(model, path, config=None, half=False):
+    """Save ``model`` as a ``keras-glacier/1`` model.pth: its configuration beside its weights."""
+    state = {k: (v.half() if half and v.is_floating_point() else v) for k, v in model.state_dict().items()}
+    torch.save({"format": "keras-glacier/1", "config": dict(config or model.config), "state_dict": state}, path)
+    return path
+
+
+def multiclass_config(num_bands=5, class_names=("background", "clean_ice", "debris"), **extra):
+    """A multi-class model.pth configuration (class values derived from the names)."""
+    return {"num_bands": num_bands, "task": "multiclass", "class_names": list(class_names), **extra}
 
 
 def write_band_dataset(root, ids=("02_07", "03_01"), size=(64, 64), channels=5, seed=0, geotags=True):

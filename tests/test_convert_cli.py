@@ -57,7 +57,12 @@ def _one_error_line(text: str) -> str:
 
 
 def _file_state(path: Path) -> dict:
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    """The state dict of a written model.pth, after checking its format and its configuration."""
+    content = torch.load(path, map_location="cpu", weights_only=True)
+    assert sorted(content) == ["config", "format", "state_dict"] and content["format"] == "keras-glacier/1"
+    assert content["config"]["num_bands"] == 3 and content["config"]["task"] == "binary"
+    assert content["config"]["reduction"] == 8 and content["config"]["threshold"] == 0.5
+    state = content["state_dict"]
     assert type(state) is dict and all(type(value) is torch.Tensor for value in state.values())
     return state
 

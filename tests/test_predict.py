@@ -12,6 +12,7 @@ import contextlib
 import io
 import json
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -236,3 +237,69 @@ def test_bad_input_is_one_error_line(case, expected, run, geo_root, demo_npy_roo
     assert stderr.startswith("error: ") and stderr.count("\n") == 1
     assert expected in stderr
     assert sorted(p.name for p in (geo_root / "Band1").iterdir()) == before
+
+
+def test_threshold_comes_from_the_run_and_the_flag_overrides_it(run, geo_root, tmp_path):
+    """A run whose config.json says threshold 0.7 (chosen in training) writes prob > 0.7; --threshold wins."""
+    folder = tmp_path / "run07"
+    shutil.copytree(run[0], folder)
+    (folder / "config.json").write_text(json.dumps({"bands": None, "threshold": 0.7}))
+    assert inference.load_run(folder).settings["threshold"] == 0.7
+    out, flag_out = tmp_path / "m07", tmp_path / "m03"
+    assert run_cli(predict.main, [folder, "--data", geo_root, "--out", out, "--probabilities"])[0] == 0
+    assert run_cli(predict.main, [folder, "--data", geo_root, "--out", flag_out, "--threshold", "0.3"])[0] == 0
+    differs = False
+    for sample in discover(geo_root).samples:
+        probability = tifffile.imread(out / "probabilities" / sample.name)
+        mask = tifffile.imread(out / sample.name)
+        np.testing.assert_array_equal(mask, np.where(probability > 0.7, 255, 0))
+        np.testing.assert_array_equal(tifffile.imread(flag_out / sample.name), np.where(probability > 0.3, 255, 0))
+        differs |= bool(((probability > 0.5) != (probability > 0.7)).any())
+    assert differs, "some probabilities must lie between 0.5 and 0.7 for this check to mean anything"
+    # The converter carries the run's threshold into model.pth, where solution.py reads it.
+    weights = convert_model(folder / "model.keras", tmp_path / "model.pth", verify=False).path
+    assert solution.load_model(weights, "cpu").config["threshold"] == 0.7
+
+
+def test_band_names_that_differ_from_the_models_are_a_warning(run, geo_root, tmp_path):
+    from types import SimpleNamespace
+
+    loaded = inference.LoadedModel(run[1], None, {"band_names": ["B1", "B2", "B3"]})
+    same = SimpleNamespace(band_names=("B1", "B2", "B3", "B4"))
+    other = SimpleNamespace(band_names=("B4", "B5", "B7"))
+    generic = SimpleNamespace(band_names=("Band1", "Band2", "Band3"))
+    assert inference.band_names_warning(loaded, same, (0, 1, 2)) is None
+    assert inference.band_names_warning(loaded, generic, (0, 1, 2)) is None
+    message = inference.band_names_warning(loaded, other, (0, 1, 2))
+    assert message and "predictions may be wrong" in message
+    # End to end: a run that names other bands than the data's still predicts, with one warning line.
+    folder = tmp_path / "named"
+    shutil.copytree(run[0], folder)
+    (folder / "config.json").write_text(json.dumps({"band_names": ["B4", "B5", "B7", "B8", "B9"]}))
+    source = discover(geo_root)
+    named = replace(source, band_names=("B1", "B2", "B3", "B5", "B6_VCID1"))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(predict, "discover", lambda data: named)
+        status, _, err = run_cli(predict.main, [folder, "--data", geo_root, "--out", tmp_path / "out"])
+    assert status == 0
+    warnings_shown = [line for line in err.splitlines() if line.startswith("warning: ")]
+    assert len(warnings_shown) == 1 and "predictions may be wrong" in warnings_shown[0]
+    assert len(list((tmp_path / "out").glob("*.tif"))) == len(source.samples)
+
+
+def test_multiclass_masks_are_phase2_values_of_the_argmax(geo_root, demo_stats, tmp_path):
+    """NEEDS THE MODEL BRANCH (multi-class build_deeplab): fails, never skips, before it is merged."""
+    try:
+        model = build_deeplab(5, stats=demo_stats.to_dict(), task="multiclass",
+                              class_names=["background", "clean_ice", "debris"])
+    except TypeError as exc:
+        pytest.fail(f"needs the model branch (multi-class build_deeplab): {exc}")
+    randomize_weights(model, seed=3)
+    out = tmp_path / "out"
+    summary = predict.predict_folder(model, geo_root, out, probabilities=True, progress=False)
+    assert summary.num_tiles == len(discover(geo_root).samples)
+    for sample in discover(geo_root).samples:
+        probability = tifffile.imread(out / "probabilities" / sample.name)
+        assert probability.shape[0] == 3  # one plane per class
+        expected = np.array([0, 85, 170], np.uint8)[np.argmax(probability, axis=0)]
+        np.testing.assert_array_equal(tifffile.imread(out / sample.name), expected)

@@ -102,19 +102,68 @@ def test_tiled_equals_untiled_for_a_pixelwise_forward(tta, batch_size):
     assert sum(shape[0] for shape in calls) == views * windows
 
 
-def test_tta_unflips_each_view():
-    """A forward that sees only one view at a time: the average must be that of the unflipped views."""
+@pytest.mark.parametrize("answering", range(4))
+def test_tta_unflips_each_view(answering):
+    """Only view ``answering`` answers (with a band's values, position-dependent); the others say 0.
+
+    Each view is checked in turn, so a wrong or missing un-flip of any one of the four shows: the
+    result must be the unflipped band divided by the four views.
+    """
     image = scene(32, 48, seed=4)
 
     def forward(batch):
         n = len(batch) // 4
         out = np.zeros(batch.shape[:3], np.float32)
-        out[:n] = batch[:n, ..., 0] / 1000.0  # identity view only; other views contribute 0
-        out[2 * n : 3 * n] = batch[2 * n : 3 * n, ..., 1] / 1000.0  # v-flipped view
+        block = slice(answering * n, (answering + 1) * n)
+        out[block] = batch[block, ..., answering] / 1000.0
         return out
 
     prob = predict_tiles(forward, [image], tta=True)[0]
-    np.testing.assert_allclose(prob, (image[..., 0] + image[..., 1]) / 4000.0, rtol=1e-5)
+    np.testing.assert_allclose(prob, image[..., answering] / 4000.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("views", [1, 2])
+def test_fewer_views_use_the_first_views_unflipped(views):
+    """views=2 averages the image as is and flipped left-right; views=1 is the image alone."""
+    image = scene(32, 48, seed=5)
+    seen = []
+
+    def forward(batch):
+        seen.append(len(batch))
+        # Answer with channel 0 for the identity view and channel 1 for the left-right view.
+        out = batch[..., 0].copy() / 1000.0
+        if len(batch) == 2:
+            out[1] = batch[1, ..., 1] / 1000.0
+        return out
+
+    prob = predict_tiles(forward, [image], views=views, batch_size=4)[0]
+    expected = image[..., 0] / 1000.0 if views == 1 else (image[..., 0] + image[..., 1]) / 2000.0
+    np.testing.assert_allclose(prob, expected, rtol=1e-5)
+    assert seen == [views]
+    with pytest.raises(ValueError, match="views must be 1, 2 or 4"):
+        predict_tiles(forward, [image], views=3)
+
+
+def test_k_class_forward_gives_class_probabilities_and_nodata_is_background():
+    """A 3-class forward: (H, W, 3) averaged over the four views; no-data pixels certain background."""
+    image = scene(32, 48, seed=6)
+    image[3, 5] = np.nan
+    image[7, 9] = 0.0
+
+    def forward(batch):  # a pointwise "softmax" of the first three bands
+        logits = np.nan_to_num(batch[..., :3]) / 300.0
+        exp = np.exp(logits - logits.max(axis=-1, keepdims=True))
+        return exp / exp.sum(-1, keepdims=True)
+
+    prob = predict_tiles(forward, [image], tta=True)[0]
+    assert prob.shape == (32, 48, 3) and prob.dtype == np.float32
+    clean = np.nan_to_num(image)
+    expected = forward(clean[None])[0]
+    valid = np.ones((32, 48), bool)
+    valid[3, 5] = valid[7, 9] = False
+    np.testing.assert_allclose(prob[valid], expected[valid], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(prob[3, 5], [1.0, 0.0, 0.0])
+    np.testing.assert_array_equal(prob[7, 9], [1.0, 0.0, 0.0])
 
 
 @pytest.mark.parametrize("batch_size", [1, 2, 4])

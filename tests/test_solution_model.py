@@ -145,7 +145,7 @@ def test_load_model_reports_incompatible_weights(model, tmp_path):
     with pytest.raises(InputError) as info:
         load_model(path, "cpu")
     message = str(info.value)
-    assert message.startswith(f"{path}: weights do not fit AttentionDeepLabV3Plus(in_channels=5)")
+    assert message.startswith(f"{path}: weights do not fit AttentionDeepLabV3Plus(in_channels=5, num_outputs=1)")
     assert "missing keys: aspp.b2.bn.weight" in message
     assert "unexpected keys: aspp.b9.conv.weight" in message
     assert "decoder.low_proj.conv.weight expected (48, 64, 1, 1) got (32, 64, 1, 1)" in message

@@ -1,0 +1,112 @@
+"""``python -m convert RUN_A RUN_B -o model.pth``: one ensemble file, float16 when needed, parity per member."""
+
+import keras_glacier  # noqa: F401  (selects the Keras backend first)
+
+# isort: split
+
+import json
+import shutil
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import convert.export
+import solution
+from convert.__main__ import main
+from convert.export import keras_logits, load_keras_model, probe_batch, torch_logits
+from convert.parity import randomize_weights
+from keras_glacier.model import build_deeplab
+
+STATS = {"lo": [0.0, 10.0, 20.0], "hi": [100.0, 200.0, 400.0], "mean": [0.4, 0.5, 0.6], "std": [0.2, 0.25, 0.3]}
+BANDS = ["B1", "B2", "B3"]
+
+
+def _save(model, folder, threshold, band_names=BANDS):
+    folder.mkdir()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="__array__ implementation", category=DeprecationWarning)
+        model.save(folder / "model.keras")
+    (folder / "config.json").write_text(json.dumps({"threshold": threshold, "band_names": band_names}))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Two runs of one architecture with different weights and thresholds (e.g. two folds)."""
+    root = tmp_path_factory.mktemp("runs")
+    model = build_deeplab(num_bands=3, stats=STATS)
+    randomize_weights(model, seed=11)
+    run_a = _save(model, root / "fold0", 0.4)
+    randomize_weights(model, seed=12)
+    run_b = _save(model, root / "fold1", 0.6)
+    return run_a, run_b
+
+
+def test_two_runs_make_one_float16_ensemble_checked_member_by_member(runs, tmp_path, capsys):
+    out = tmp_path / "model.pth"
+    assert main([str(runs[0]), str(runs[1]), "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    # Two ResNet-34 DeepLabs are ~205 MB in float32, over the 200 MB limit: float16 without asking.
+    assert "an ensemble of 2 networks" in printed and "float16" in printed
+    assert "stored as float16 to stay under the 200 MB limit" in printed
+    assert "(worst member)" in printed
+    assert out.stat().st_size <= convert.export.MAX_BYTES
+
+    content = torch.load(out, map_location="cpu", weights_only=True)
+    assert content["format"] == "keras-glacier-ensemble/1" and len(content["members"]) == 2
+    assert [m["config"]["threshold"] for m in content["members"]] == [0.4, 0.6]
+    assert all(m["config"]["band_names"] == BANDS for m in content["members"])
+
+    ensemble = solution.load_model(out, "cpu")
+    assert isinstance(ensemble, solution.GlacierEnsemble)
+    assert ensemble.config["threshold"] == pytest.approx(0.5)
+    batch = probe_batch(load_keras_model(runs[0]), (1, 64, 64), seed=3)
+    probabilities = []
+    for run, member in zip(runs, ensemble.members):
+        reference = keras_logits(load_keras_model(run), batch)
+        logits = torch_logits(member, batch)
+        assert np.abs(reference - logits).max() <= max(5e-2, 1e-2 * np.abs(reference).max())
+        probabilities.append(1 / (1 + np.exp(-logits)))
+    with torch.no_grad():
+        mean = ensemble.probabilities(torch.from_numpy(batch.transpose(0, 3, 1, 2).copy())).numpy()
+    np.testing.assert_allclose(mean.transpose(0, 2, 3, 1), np.mean(probabilities, axis=0), atol=1e-5)
+
+
+def test_an_ensemble_over_the_limit_even_in_float16_is_refused_with_its_size(runs, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(convert.export, "MAX_BYTES", 60_000_000)
+    out = tmp_path / "model.pth"
+    assert main([str(runs[0]), str(runs[1]), "-o", str(out), "--no-verify"]) == 1
+    error = capsys.readouterr().err.strip()
+    assert error.startswith(f"error: {out}: not written: it would be 10")  # ~102 MB
+    assert error.endswith("MB, over the 60 MB limit even in float16")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_runs_that_disagree_on_bands_are_refused_naming_them(runs, tmp_path, capsys):
+    other = tmp_path / "other"
+    shutil.copytree(runs[0], other)
+    (other / "config.json").write_text(json.dumps({"band_names": ["B2", "B3", "B4"]}))
+    assert main([str(runs[0]), str(other), "-o", str(tmp_path / "model.pth")]) == 2
+    error = capsys.readouterr().err
+    assert "the runs disagree on band_names and cannot form one ensemble" in error
+    assert f"{runs[0] / 'model.keras'}: ['B1', 'B2', 'B3']; {other / 'model.keras'}: ['B2', 'B3', 'B4']" in error
+    assert not (tmp_path / "model.pth").exists()
+
+
+def test_a_member_that_fails_parity_is_named(runs, tmp_path, monkeypatch, capsys):
+    real_load_model = solution.load_model
+
+    def second_member_flawed(path, device, **kwargs):
+        ensemble = real_load_model(path, device, **kwargs)
+        with torch.no_grad():
+            ensemble.members[1].decoder.sep2.bn.running_mean += 0.5
+        return ensemble
+
+    monkeypatch.setattr(solution, "load_model", second_member_flawed)
+    out = tmp_path / "model.pth"
+    assert main([str(runs[0]), str(runs[1]), "-o", str(out)]) == 1
+    error = capsys.readouterr().err
+    assert f"differ from Keras (member {runs[1] / 'model.keras'})" in error
+    assert list(tmp_path.iterdir()) == []
