@@ -22,9 +22,9 @@ import keras_glacier  # noqa: F401  (selects the JAX backend before keras is imp
 from keras_glacier.constants import OUTPUT_STRIDE
 from keras_glacier.data.errors import InputError
 from keras_glacier.data.sources import NPY, DatasetSource, Sample, read_sample
+from keras_glacier.training.run_folder import CONFIG_FILE, RUN_FILE
 
 MODEL_FILE = "model.keras"
-CONFIG_FILE = "config.json"
 STATS_FILE = "stats.json"
 
 #: solution.Forward: float32 (N, H, W, C) raw bands -> glacier probabilities (N, H, W) (binary model)
@@ -111,18 +111,24 @@ def resolve_model_path(source: str | os.PathLike) -> Path:
     return path
 
 
-def read_run_config(model_path: Path) -> dict:
-    """The ``config.json`` next to the model (a run folder also holds ``best.keras``), or {}."""
-    config_path = model_path.parent / CONFIG_FILE
-    if not config_path.is_file():
+def _read_json_object(path: Path) -> dict:
+    if not path.is_file():
         return {}
     try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise InputError(f"{config_path}: cannot read run config ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(config, dict):
-        raise InputError(f"{config_path}: expected a JSON object")
-    return config
+        raise InputError(f"{path}: cannot read ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: expected a JSON object")
+    return data
+
+
+def read_run_config(model_path: Path) -> dict:
+    """The run's settings (``config.json``) completed by its facts (``run.json``: bands used, classes,
+    threshold) next to the model (a run folder also holds ``best.keras``), or {}."""
+    config = _read_json_object(model_path.parent / CONFIG_FILE)
+    facts = _read_json_object(model_path.parent / RUN_FILE)
+    return {**config, **facts} if facts else config
 
 
 def load_run(source) -> LoadedModel:
@@ -229,11 +235,12 @@ def choose_bands(
 ) -> tuple[int, ...]:
     """Bands to read: explicit ``bands``, else (npy slices only) the run's, else the dataset default.
 
-    The run's ``config.json`` ``"bands"`` are channels of the 15-channel slices, so they only apply to
+    The run's bands (``run.json`` ``bands_used``, else ``config.json`` ``bands``) are channels of the 15-channel slices, so they only apply to
     slices; band folders are read whole, in band-number order, as ``solution.py`` does.
     """
-    if bands is None and source.kind == NPY and config and config.get("bands") is not None:
-        bands = config["bands"]
+    if bands is None and source.kind == NPY and config:
+        # run.json's channel numbers (what the run read) win over config.json's spec (a preset or names).
+        bands = config.get("bands_used", config.get("bands"))
     return source.resolve_bands(bands)
 
 
