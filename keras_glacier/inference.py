@@ -235,7 +235,8 @@ def choose_bands(
 ) -> tuple[int, ...]:
     """Bands to read: explicit ``bands``, else (npy slices only) the run's, else the dataset default.
 
-    The run's bands (``run.json`` ``bands_used``, else ``config.json`` ``bands``) are channels of the 15-channel slices, so they only apply to
+    The run's bands (``run.json`` ``bands_used``, else ``config.json`` ``bands``) are channels of the
+    15-channel slices, so they only apply to
     slices; band folders are read whole, in band-number order, as ``solution.py`` does.
     """
     if bands is None and source.kind == NPY and config:
