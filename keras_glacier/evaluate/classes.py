@@ -17,14 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
-from keras_glacier.constants import IGNORE_INDEX
+from keras_glacier.constants import BAND_FOLDER_CLASSES as BAND_FOLDER_NAMES
+from keras_glacier.constants import BINARY_CLASSES as BINARY_NAMES
+from keras_glacier.constants import HKH_CLASSES as HKH_NAMES
+from keras_glacier.constants import IGNORE_INDEX, PHASE2_VALUES
 from keras_glacier.data.errors import InputError
 
-#: The phase-2 value of each class name (CONTRACT.md; also keras_glacier.constants once merged).
-PHASE2_VALUES = {"background": 0, "glacier": 85, "clean_ice": 85, "debris": 170, "lake": 255}
-BINARY_NAMES = ("background", "glacier")
-HKH_NAMES = ("background", "clean_ice", "debris")
-BAND_FOLDER_NAMES = ("background", "glacier", "debris", "lake")
 MULTICLASS_ONLY_VALUES = frozenset({85, 170})
 
 

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from keras_glacier.data.bands import ignore_nodata
+from keras_glacier.constants import BAND_FOLDER_CLASSES as BAND_FOLDER_NAMES
+from keras_glacier.constants import HKH_CLASSES as HKH_NAMES
+from keras_glacier.constants import IGNORE_INDEX, PHASE2_VALUES
 from keras_glacier.data.errors import InputError
 from keras_glacier.data.sources import NPY, DatasetSource, Sample, read_sample
 from keras_glacier.data.split import load_split
-from keras_glacier.evaluate.classes import HKH_NAMES, MULTICLASS_ONLY_VALUES, ClassSet, decode_mask
+from keras_glacier.evaluate.classes import MULTICLASS_ONLY_VALUES, ClassSet, decode_mask
 from keras_glacier.inference import TileData, check_tile_has_data, iter_chunks, output_name, shared
 
 SUBSETS = ("val", "train", "all")
@@ -82,35 +83,28 @@ def select_samples(source: DatasetSource, split: str | Path | None, subset: str 
     return chosen
 
 
-def multiclass_label(sample: Sample, image: np.ndarray, classes: ClassSet) -> np.ndarray:
-    """A tile's multi-class label (uint8 class indices, IGNORE_INDEX for no-data and outside HKH).
+def multiclass_label(sample: Sample, bands: Sequence[int], classes: ClassSet) -> tuple[np.ndarray, np.ndarray]:
+    """(image, multi-class label in ``classes``' index order) of a tile, read by the data layer.
 
-    Band folders: the label file's phase-2 values decoded by ``classes`` (a value outside the
-    encoding is an error naming the file). HKH slices: the mask's clean-ice and debris channels
-    (debris where both are set), ignored outside the HKH region (channel 2), as the binary label
-    is made. These are the data contract's rules; the data layer's own multi-class reader, once it
-    exists, should replace this function.
+    The data layer decides every pixel (HKH mask layouts, band-folder phase-2 values, no-data; a
+    value outside the encoding is an error naming the file) in its class set for the tile's kind;
+    the label is then re-indexed by phase-2 value into the evaluated classes, and a class the
+    evaluated set lacks is an error rather than a silent background.
     """
-    path = sample.label_path
-    if sample.kind == NPY:
-        if classes.names != HKH_NAMES:
-            raise InputError(f"{path}: HKH masks hold the classes {list(HKH_NAMES)}, not {list(classes.names)}")
-        try:
-            mask = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise InputError(f"{path}: cannot read ({type(exc).__name__}: {exc})") from exc
-        if mask.ndim != 3 or mask.shape[-1] != 3 or mask.shape[:2] != image.shape[:2]:
-            raise InputError(f"{path}: expected an (H, W, 3) mask of the image's size, got shape {mask.shape}")
-        label = np.zeros(mask.shape[:2], np.uint8)
-        label[mask[..., 0] != 0] = 1
-        label[mask[..., 1] != 0] = 2
-        label[mask[..., 2] == 0] = 255
-    else:
-        array = shared("read_band", path)
-        if array.shape != image.shape[:2]:
-            raise InputError(f"{path}: label size {array.shape} differs from the image size {image.shape[:2]}")
-        label = decode_mask(array, classes, path)
-    return ignore_nodata(label, image)
+    image, label = read_sample(sample, bands, task="multiclass")
+    data_names = HKH_NAMES if sample.kind == NPY else BAND_FOLDER_NAMES
+    if tuple(classes.names) == tuple(data_names):
+        return image, label
+    lookup = np.full(256, IGNORE_INDEX, np.uint8)
+    for index, name in enumerate(data_names):
+        value = PHASE2_VALUES[name]
+        if value not in classes.values:
+            if np.any(label == index):
+                raise InputError(f"{sample.label_path}: holds class {name}, which the evaluated classes "
+                                 f"{list(classes.names)} lack")
+            continue
+        lookup[index] = classes.values.index(value)
+    return image, lookup[label]
 
 
 def iter_tiles(samples: Sequence[Sample], bands: Sequence[int], chunk_size: int,
@@ -122,10 +116,7 @@ def iter_tiles(samples: Sequence[Sample], bands: Sequence[int], chunk_size: int,
     for start in range(0, len(samples), chunk_size):
         chunk = []
         for sample in samples[start : start + chunk_size]:
-            # The binary reader checks an HKH mask's layout on the way; band-folder labels with phase-2
-            # values are not binary, so the image is read without them.
-            readable = sample if sample.kind == NPY else dataclasses.replace(sample, label_path=None)
-            image, _ = read_sample(readable, bands)
+            image, label = multiclass_label(sample, bands, classes)
             check_tile_has_data(sample, image, bands)
-            chunk.append(TileData(sample, image, multiclass_label(sample, image, classes)))
+            chunk.append(TileData(sample, image, label))
         yield chunk

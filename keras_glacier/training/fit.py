@@ -76,16 +76,9 @@ def set_up_devices(config: TrainConfig) -> tuple[int, str]:
 # -------------------------------------------------------------------------------------- model
 def pretrained_file(spec: str) -> str:
     """A ``--pretrained`` value as a file: a path stays, ``imagenet`` is fetched (convert.pretrained)."""
-    try:
-        from convert.pretrained import resolve_pretrained
-    except ImportError:  # LEAD: the torch room adds resolve_pretrained; drop this fallback then
-        resolve_pretrained = None
-    if resolve_pretrained is not None:
-        return str(resolve_pretrained(spec))
-    if spec == "imagenet":
-        raise UsageError("--pretrained imagenet: this build cannot fetch the weights; download torchvision's "
-                         "resnet34-b627a593.pth and pass its path")
-    return spec
+    from convert.pretrained import resolve_pretrained
+
+    return str(resolve_pretrained(spec))
 
 
 def build_model(config: TrainConfig, stats, num_bands: int, band_names: Sequence[str] | None = None,
