@@ -138,7 +138,8 @@ def test_a_value_outside_the_encoding_is_one_error_line(multiclass_folders, tmp_
     tifffile.imwrite(masks / "B1_02.tif", np.zeros((8, 8), np.uint8) + 85)
     status, _, stderr = run_cli(evaluate.main, ["--labels-from", root, "--pred", masks, "--out", tmp_path / "r"])
     assert status == 2 and stderr.count("\n") == 1
-    assert "Y_01.tif: multi-class label values must be 0 background/85 glacier/170 debris/255 lake, found [60]" in stderr
+    assert "Y_01.tif: multi-class label values must be 0 background/85 glacier/170 debris/255 lake, found [60]" \
+        in stderr
 
 
 def test_hkh_slices_score_clean_ice_and_debris(tmp_path):
