@@ -183,13 +183,13 @@ def test_keras_forward_pads_small_batches_and_follows_weight_changes(run, demo_t
 def test_npy_slices_get_stem_named_masks(run, demo_npy_root, tmp_path):
     data = tmp_path / "slices"
     data.mkdir()
-    for name in ("slice_0_image_0.npy", "slice_0_mask_0.npy", "slice_1_image_2.npy", "slice_1_mask_2.npy"):
+    for name in ("slice_0_img_000.npy", "slice_0_mask_000.npy", "slice_1_img_002.npy", "slice_1_mask_002.npy"):
         shutil.copy(demo_npy_root / name, data / name)
     out = tmp_path / "masks"
     status, stdout, stderr = run_cli(predict.main, [run[0] / "model.keras", "--data", data, "--out", out, "--no-tta"])
     assert status == 0, stderr
     assert "predicted 2 tiles" in stdout and "TTA off" in stdout
-    assert sorted(p.name for p in out.iterdir()) == ["slice_0_image_0.tif", "slice_1_image_2.tif"]
+    assert sorted(p.name for p in out.iterdir()) == ["slice_0_img_000.tif", "slice_1_img_002.tif"]
     for path in out.iterdir():
         mask = tifffile.imread(path)
         assert mask.dtype == np.uint8 and mask.shape == (64, 64) and set(np.unique(mask)) <= {0, 255}
@@ -198,8 +198,12 @@ def test_npy_slices_get_stem_named_masks(run, demo_npy_root, tmp_path):
 def test_bands_come_from_the_run_for_slices_only(demo_npy_source, demo_tiff_source):
     config = {"bands": [0, 1, 2, 3, 4]}
     assert demo_npy_source.kind == NPY
-    assert inference.choose_bands(demo_npy_source, None, {}) == (1, 2, 3, 5, 9)
+    assert inference.choose_bands(demo_npy_source, None, {}) == (0, 1, 2, 4, 5)  # the competition preset
     assert inference.choose_bands(demo_npy_source, None, config) == (0, 1, 2, 3, 4)
+    # A run's config.json names a spec; the channels it read (run.json) win.
+    assert inference.choose_bands(demo_npy_source, None, {"bands": "seed"}) == (1, 2, 3, 5, 9)
+    assert inference.choose_bands(demo_npy_source, None, {"bands": "seed", "bands_used": [0, 1, 2, 4, 5]}) == (
+        0, 1, 2, 4, 5)
     assert inference.choose_bands(demo_npy_source, (4, 5, 6, 7, 8), config) == (4, 5, 6, 7, 8)
     assert inference.choose_bands(demo_tiff_source, None, {"bands": [1, 2, 3, 5, 9]}) == (0, 1, 2, 3, 4)
 

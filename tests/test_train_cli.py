@@ -17,7 +17,7 @@ import pytest
 from keras_glacier import train
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["--demo-tiles", "8", "--demo-size", "64", "--batch-size", "2", "--workers", "1", "--bands", "seed",
+TINY = ["--demo-tiles", "8", "--demo-size", "64", "--batch-size", "2", "--workers", "1",
         "--samples-per-epoch", "6"]
 
 
@@ -54,9 +54,9 @@ def test_default_job_writes_every_artefact(finished_run):
     split = json.loads((run_dir / "split.json").read_text())
     assert set(split["train_scenes"]).isdisjoint(split["val_scenes"])
     config = json.loads((run_dir / "config.json").read_text())
-    assert config == dataclasses.asdict(result.config) and config["epochs"] == 2 and config["bands"] == "seed"
+    assert config == dataclasses.asdict(result.config) and config["epochs"] == 2 and config["bands"] == "competition"
     facts = json.loads((run_dir / "run.json").read_text())
-    assert facts["bands_used"] == [1, 2, 3, 5, 9] and facts["threshold"] == metrics["threshold"]
+    assert facts["bands_used"] == [0, 1, 2, 4, 5] and facts["threshold"] == metrics["threshold"]
     assert facts["samples_per_epoch"] == 8 and facts["steps_per_epoch"] == 4
 
 
@@ -266,7 +266,7 @@ def test_segmenter_from_the_run_predicts_like_the_predict_command(finished_run):
 
     run_dir, result = finished_run
     segmenter = keras_glacier.Segmenter.from_run(run_dir)
-    assert segmenter.threshold == pytest.approx(result.threshold) and segmenter.bands == [1, 2, 3, 5, 9]
+    assert segmenter.threshold == pytest.approx(result.threshold) and segmenter.bands == [0, 1, 2, 4, 5]
     rng = np.random.default_rng(0)
     images = rng.uniform(0.0, 0.5, (2, 64, 64, 5)).astype(np.float32)
     images[..., 4] += 260.0
