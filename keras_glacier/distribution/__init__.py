@@ -1,0 +1,53 @@
+"""Data-parallel training over several processes and machines (``keras.distribution`` on ``jax.distributed``).
+
+Typical use, in this order, before the model is built::
+
+    info = distribution.initialize(coordinator, num_processes, process_id)   # or all None
+    distribution.check_global_batch(batch_size)                                # refuses 6 on 4 devices
+    distribution.set_data_parallel()                                           # one mesh, all devices
+    train = distribution.ProcessShard(GlacierSequence(..., batch_size=batch_size))  # this process's rows
+
+and only process 0 (``is_chief()``) writes run files. See cluster.py and data.py for the why.
+"""
+
+from keras_glacier.distribution.cluster import (
+    DEFAULT_TIMEOUT_S,
+    ENV_ADDRESSES,
+    ENV_NUM_PROCESSES,
+    ENV_PROCESS_ID,
+    ClusterInfo,
+    DistributionError,
+    check_global_batch,
+    check_same_everywhere,
+    chief_only,
+    cluster_info,
+    detected_cluster,
+    initialize,
+    is_chief,
+    parse_address,
+    set_data_parallel,
+)
+from keras_glacier.distribution.data import PAD, ProcessShard, local_rows, padded_size, process_batch_indices
+
+__all__ = [
+    "DEFAULT_TIMEOUT_S",
+    "ENV_ADDRESSES",
+    "ENV_NUM_PROCESSES",
+    "ENV_PROCESS_ID",
+    "PAD",
+    "ClusterInfo",
+    "DistributionError",
+    "ProcessShard",
+    "check_global_batch",
+    "check_same_everywhere",
+    "chief_only",
+    "cluster_info",
+    "detected_cluster",
+    "initialize",
+    "is_chief",
+    "local_rows",
+    "padded_size",
+    "parse_address",
+    "process_batch_indices",
+    "set_data_parallel",
+]
