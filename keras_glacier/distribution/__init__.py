@@ -10,6 +10,7 @@ Typical use, in this order, before the model is built::
 and only process 0 (``is_chief()``) writes run files. See cluster.py and data.py for the why.
 """
 
+from keras_glacier.distribution.callbacks import BackupAndRestore, ChiefOnly, local_predict
 from keras_glacier.distribution.cluster import (
     DEFAULT_TIMEOUT_S,
     ENV_ADDRESSES,
@@ -28,6 +29,7 @@ from keras_glacier.distribution.cluster import (
     set_data_parallel,
 )
 from keras_glacier.distribution.data import PAD, ProcessShard, local_rows, padded_size, process_batch_indices
+from keras_glacier.distribution.runtime import describe_runtime, format_runtime
 
 __all__ = [
     "DEFAULT_TIMEOUT_S",
@@ -35,6 +37,8 @@ __all__ = [
     "ENV_NUM_PROCESSES",
     "ENV_PROCESS_ID",
     "PAD",
+    "BackupAndRestore",
+    "ChiefOnly",
     "ClusterInfo",
     "DistributionError",
     "ProcessShard",
@@ -42,9 +46,12 @@ __all__ = [
     "check_same_everywhere",
     "chief_only",
     "cluster_info",
+    "describe_runtime",
     "detected_cluster",
+    "format_runtime",
     "initialize",
     "is_chief",
+    "local_predict",
     "local_rows",
     "padded_size",
     "parse_address",

@@ -63,16 +63,20 @@ def main(argv: list[str] | None = None) -> int:
     model.compile(optimizer=keras.optimizers.SGD(0.01), loss=BceDiceLoss(), metrics=segmentation_metrics(),
                   jit_compile=True)
     initial = [np.array(w) for w in model.get_weights()]
+    # Before training: same weights everywhere, and inference has no cross-device reduction, so these
+    # scores must agree exactly between runs; they show the confusion counts are summed over processes.
+    before = model.evaluate(distribution.ProcessShard(val_seq), verbose=0, return_dict=True)
     history = model.fit(distribution.ProcessShard(train_seq), validation_data=distribution.ProcessShard(val_seq),
                         epochs=1, steps_per_epoch=args.steps, shuffle=False, verbose=0,
                         callbacks=[EpochSync(train_seq, val_seq)])
     logs = {key: float(values[-1]) for key, values in history.history.items()}
     out = Path(args.out)
     np.savez(out / f"process_{info.process_index}.npz", *[np.asarray(w) for w in model.get_weights()])
+    np.savez(out / f"process_{info.process_index}_init.npz", *initial)
     (out / f"process_{info.process_index}.json").write_text(json.dumps(
-        {"logs": logs, "process_count": info.process_count, "devices": info.global_devices,
-         "local_devices": info.local_devices, "how": info.how,
-         "moved": max(float(np.max(np.abs(np.asarray(w) - w0))) for w, w0 in zip(model.get_weights(), initial))}))
+        {"logs": logs, "before": {key: float(value) for key, value in before.items()},
+         "process_count": info.process_count, "devices": info.global_devices,
+         "local_devices": info.local_devices, "how": info.how}))
     return 0
 
 
