@@ -10,7 +10,13 @@ Typical use, in this order, before the model is built::
 and only process 0 (``is_chief()``) writes run files. See cluster.py and data.py for the why.
 """
 
-from keras_glacier.distribution.callbacks import BackupAndRestore, ChiefOnly, local_predict
+from keras_glacier.distribution.callbacks import (
+    BackupAndRestore,
+    ChiefOnly,
+    broadcast_from_chief,
+    local_copy,
+    local_predict,
+)
 from keras_glacier.distribution.cluster import (
     DEFAULT_TIMEOUT_S,
     ENV_ADDRESSES,
@@ -42,6 +48,7 @@ __all__ = [
     "ClusterInfo",
     "DistributionError",
     "ProcessShard",
+    "broadcast_from_chief",
     "check_global_batch",
     "check_same_everywhere",
     "chief_only",
@@ -51,6 +58,7 @@ __all__ = [
     "format_runtime",
     "initialize",
     "is_chief",
+    "local_copy",
     "local_predict",
     "local_rows",
     "padded_size",

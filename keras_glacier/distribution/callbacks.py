@@ -40,6 +40,39 @@ def local_predict(model, images) -> np.ndarray:
     return np.asarray(fn(trainable, non_trainable, jax.device_put(images, device)))
 
 
+def local_copy(model):
+    """A copy of ``model`` with its weights, built outside the distribution (plain arrays on this
+    process's default device), for process 0 to save, export (the PyTorch parity check runs the model)
+    and plot after training without involving the other processes."""
+    weights = [np.asarray(w) for w in model.get_weights()]  # replicated: this process's copy
+    previous = keras.distribution.distribution()
+    keras.distribution.set_distribution(None)
+    try:
+        clone = keras.models.clone_model(model)
+        clone.set_weights(weights)
+    finally:
+        keras.distribution.set_distribution(previous)
+    return clone
+
+
+def broadcast_from_chief(model, optimizer: bool = False) -> None:
+    """Gives every process process 0's weights (and optimizer state): call it on every process after
+    process 0 alone loaded a file (e.g. ``best.keras``), since ``load_weights`` under a distribution
+    keeps each process's own values. Does nothing in a single process."""
+    import jax
+
+    if jax.process_count() == 1:
+        return
+    from jax.experimental import multihost_utils
+
+    variables = list(model.variables)
+    if optimizer and model.optimizer is not None:
+        variables += list(model.optimizer.variables)
+    values = multihost_utils.broadcast_one_to_all([np.asarray(v.value) for v in variables])
+    for variable, value in zip(variables, values):
+        variable.assign(np.asarray(value))
+
+
 class ChiefOnly(keras.callbacks.Callback):
     """Runs ``callback`` (a file writer: ModelCheckpoint, CSVLogger, ...) on process 0 only.
 
@@ -86,13 +119,10 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
         model = self.model
         if model.optimizer is not None and not model.optimizer.built:
             model.optimizer.build(model.trainable_variables)
-        variables = list(model.variables) + (list(model.optimizer.variables) if model.optimizer is not None else [])
+        broadcast_from_chief(model, optimizer=True)
         epoch = getattr(model, "_initial_epoch", None)
-        values = [np.asarray(v.value) for v in variables]
-        values, epoch = multihost_utils.broadcast_one_to_all((values, np.int32(-1 if epoch is None else epoch)))
-        for variable, value in zip(variables, values):
-            variable.assign(np.asarray(value))
-        model._initial_epoch = None if int(epoch) < 0 else int(epoch)
+        epoch = int(multihost_utils.broadcast_one_to_all(np.int32(-1 if epoch is None else epoch)))
+        model._initial_epoch = None if epoch < 0 else epoch
 
     def _save_model(self):
         if is_chief():
