@@ -93,11 +93,14 @@ class ProcessShard(keras.utils.PyDataset):
     """
 
     def __init__(self, sequence, process_index: int | None = None, process_count: int | None = None,
-                 num_devices: int | None = None, workers: int | None = None, max_queue_size: int = 8) -> None:
+                 num_devices: int | None = None, workers: int | None = None,
+                 max_queue_size: int | None = None) -> None:
         import jax
 
-        super().__init__(workers=getattr(sequence, "workers", 1) if workers is None else workers,
-                         use_multiprocessing=False, max_queue_size=max_queue_size)
+        # Keras iterates this wrapper, not the sequence: take over the sequence's prefetch settings.
+        workers = getattr(sequence, "workers", 1) if workers is None else workers
+        max_queue_size = getattr(sequence, "max_queue_size", 8) if max_queue_size is None else max_queue_size
+        super().__init__(workers=workers, use_multiprocessing=False, max_queue_size=max_queue_size)
         self.sequence = sequence
         self.process_index = jax.process_index() if process_index is None else int(process_index)
         self.process_count = jax.process_count() if process_count is None else int(process_count)
