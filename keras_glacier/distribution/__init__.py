@@ -13,7 +13,7 @@ and only process 0 (``is_chief()``) writes run files. See cluster.py and data.py
 from keras_glacier.distribution.callbacks import (
     BackupAndRestore,
     ChiefOnly,
-    broadcast_from_chief,
+    load_weights_from_chief,
     local_copy,
     local_predict,
 )
@@ -48,7 +48,6 @@ __all__ = [
     "ClusterInfo",
     "DistributionError",
     "ProcessShard",
-    "broadcast_from_chief",
     "check_global_batch",
     "check_same_everywhere",
     "chief_only",
@@ -58,6 +57,7 @@ __all__ = [
     "format_runtime",
     "initialize",
     "is_chief",
+    "load_weights_from_chief",
     "local_copy",
     "local_predict",
     "local_rows",

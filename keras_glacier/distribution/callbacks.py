@@ -6,17 +6,21 @@ Two traps this module removes:
   the global mesh: if only process 0 makes it, process 0 waits forever for the others. So a callback
   that predicts for a figure must not simply be skipped on the other processes; it uses
   :func:`local_predict`, which runs on this process's first device only, with no collective.
-* ``load_weights`` under ``DataParallel`` puts *each process's own* values on its devices. A resumed run
-  whose processes read different files (or only process 0 can see the run folder) would silently
-  train diverged replicas; :class:`BackupAndRestore` loads on process 0 and broadcasts.
+* Every assignment to a variable under ``DataParallel`` (``load_weights``, ``set_weights``) is a
+  collective: jax checks that each process passes the same value. One process loading alone waits
+  forever; processes loading different files fail. :func:`load_weights_from_chief` reads on process 0
+  and broadcasts; :class:`BackupAndRestore` checks first that all processes see the same backup.
 """
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 import keras
 import numpy as np
 
-from keras_glacier.distribution.cluster import is_chief
+from keras_glacier.distribution.cluster import DistributionError, check_same_everywhere, is_chief
 
 
 def local_predict(model, images) -> np.ndarray:
@@ -44,33 +48,49 @@ def local_copy(model):
     """A copy of ``model`` with its weights, built outside the distribution (plain arrays on this
     process's default device), for process 0 to save, export (the PyTorch parity check runs the model)
     and plot after training without involving the other processes."""
+    from keras.src.backend.common import global_state
+
     weights = [np.asarray(w) for w in model.get_weights()]  # replicated: this process's copy
     previous = keras.distribution.distribution()
+    # The clone's initializers draw from Keras' global seed generator, whose state variable was made
+    # under the distribution: advancing it would be a collective that only this process joins.
+    seeds = global_state.get_global_attribute("global_seed_generator")
     keras.distribution.set_distribution(None)
+    global_state.set_global_attribute("global_seed_generator", None)
     try:
         clone = keras.models.clone_model(model)
         clone.set_weights(weights)
     finally:
+        global_state.set_global_attribute("global_seed_generator", seeds)
         keras.distribution.set_distribution(previous)
     return clone
 
 
-def broadcast_from_chief(model, optimizer: bool = False) -> None:
-    """Gives every process process 0's weights (and optimizer state): call it on every process after
-    process 0 alone loaded a file (e.g. ``best.keras``), since ``load_weights`` under a distribution
-    keeps each process's own values. Does nothing in a single process."""
+def load_weights_from_chief(model, path) -> None:
+    """Every process gets the weights of ``path`` as process 0 reads them (e.g. ``best.keras``), so only
+    process 0 needs the file. Call it on every process at the same point.
+
+    Why not ``model.load_weights`` on process 0 alone: under a distribution every assignment is a
+    collective (jax checks the value is the same on each process), so one process alone waits forever.
+    """
     import jax
 
     if jax.process_count() == 1:
+        model.load_weights(path)
         return
     from jax.experimental import multihost_utils
 
-    variables = list(model.variables)
-    if optimizer and model.optimizer is not None:
-        variables += list(model.optimizer.variables)
-    values = multihost_utils.broadcast_one_to_all([np.asarray(v.value) for v in variables])
-    for variable, value in zip(variables, values):
-        variable.assign(np.asarray(value))
+    found = bool(is_chief() and Path(path).exists())
+    if not bool(multihost_utils.broadcast_one_to_all(np.int32(found))):
+        raise DistributionError(f"{path}: not found on process 0")
+    if found:
+        clone = local_copy(model)
+        clone.load_weights(path)
+        values = [np.asarray(w) for w in clone.get_weights()]
+    else:
+        values = [np.zeros(w.shape, w.dtype) for w in model.weights]
+    values = multihost_utils.broadcast_one_to_all(values)
+    model.set_weights([np.asarray(v) for v in values])
 
 
 class ChiefOnly(keras.callbacks.Callback):
@@ -101,28 +121,17 @@ class ChiefOnly(keras.callbacks.Callback):
 
 
 class BackupAndRestore(keras.callbacks.BackupAndRestore):
-    """Keras' BackupAndRestore for several processes: process 0 writes and deletes the backup; at the
-    start it restores (model, optimizer, epoch) and broadcasts them, so every process resumes from the
-    same state even without a shared file system."""
+    """Keras' BackupAndRestore for several processes: process 0 writes and deletes the backup; every
+    process restores from it, so the run folder must be on a file system all hosts share (or copied
+    to each host before ``--resume``). A process that sees another backup than process 0 is refused
+    with one line instead of hanging or training diverged replicas."""
 
     def on_train_begin(self, logs=None):
-        import jax
-
-        if is_chief():
-            super().on_train_begin(logs)
-        if jax.process_count() > 1:
-            self._broadcast_state()
-
-    def _broadcast_state(self):
-        from jax.experimental import multihost_utils
-
-        model = self.model
-        if model.optimizer is not None and not model.optimizer.built:
-            model.optimizer.build(model.trainable_variables)
-        broadcast_from_chief(model, optimizer=True)
-        epoch = getattr(model, "_initial_epoch", None)
-        epoch = int(multihost_utils.broadcast_one_to_all(np.int32(-1 if epoch is None else epoch)))
-        model._initial_epoch = None if epoch < 0 else epoch
+        weights, meta = Path(self._weights_path), Path(self._training_metadata_path)
+        state = [meta.read_text() if meta.exists() else None,
+                 hashlib.sha256(weights.read_bytes()).hexdigest() if weights.exists() else None]
+        check_same_everywhere(state, f"backups in {self.backup_dir}")
+        super().on_train_begin(logs)
 
     def _save_model(self):
         if is_chief():
