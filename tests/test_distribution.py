@@ -137,6 +137,24 @@ def test_two_processes_train_like_one_process_with_as_many_devices(runs):
         assert m2a["logs"][key] == pytest.approx(m1["logs"][key], rel=rel), key
 
 
+def test_run_files_in_a_job_of_2_processes(tmp_path):
+    """Process 0 alone saves (checkpoints, backups) from a local copy; weights only process 0 has reach
+    every process; a resumed run restores the same state everywhere; unequal backups are refused."""
+    address = f"127.0.0.1:{free_port()}"
+    logs = [tmp_path / f"log{i}.txt" for i in range(2)]
+    procs = [subprocess.Popen([sys.executable, "-m", "tests.distribution.files_worker", address, str(i), str(tmp_path)],
+                              cwd=ROOT, env=worker_env(1), stdout=subprocess.PIPE, stderr=logs[i].open("w"),
+                              text=True, start_new_session=True) for i in range(2)]
+    wait_all(procs, logs, 180)
+    results = [json.loads(proc.stdout.read().strip().splitlines()[-1]) for proc in procs]
+    for i, result in enumerate(results):
+        assert result["loaded"] is True
+        assert result["epochs"] == [2, 2]  # 2 epochs, then resumed at epoch 2 of 4: 2 more, on both
+        assert result["refused"].startswith("processes [1] have other backups in ")
+        assert f"private_{i}" in result["refused"] and "file system every host shares" in result["refused"]
+    assert not (tmp_path / "private_1").exists()  # process 1 wrote nothing
+
+
 def test_unreachable_coordinator_fails_in_time_with_one_line_naming_it(tmp_path):
     address = f"127.0.0.1:{free_port()}"  # nothing listens there
     started = time.monotonic()

@@ -16,6 +16,7 @@ from keras_glacier.distribution.callbacks import (
     load_weights_from_chief,
     local_copy,
     local_predict,
+    outside_distribution,
 )
 from keras_glacier.distribution.cluster import (
     DEFAULT_TIMEOUT_S,
@@ -62,6 +63,7 @@ __all__ = [
     "local_predict",
     "local_rows",
     "padded_size",
+    "outside_distribution",
     "parse_address",
     "process_batch_indices",
     "set_data_parallel",

@@ -14,6 +14,7 @@ Two traps this module removes:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from pathlib import Path
 
@@ -44,25 +45,41 @@ def local_predict(model, images) -> np.ndarray:
     return np.asarray(fn(trainable, non_trainable, jax.device_put(images, device)))
 
 
-def local_copy(model):
-    """A copy of ``model`` with its weights, built outside the distribution (plain arrays on this
-    process's default device), for process 0 to save, export (the PyTorch parity check runs the model)
-    and plot after training without involving the other processes."""
+@contextlib.contextmanager
+def outside_distribution():
+    """Inside this block Keras works as in a single process (no distribution, a fresh global seed
+    generator), for work one process does alone: building, saving, exporting, plotting a
+    :func:`local_copy`. Under the distribution every variable creation or assignment is a collective
+    (jax checks the value is the same on each process), which one process alone would wait on forever;
+    even saving a model can assign a variable."""
     from keras.src.backend.common import global_state
 
-    weights = [np.asarray(w) for w in model.get_weights()]  # replicated: this process's copy
     previous = keras.distribution.distribution()
-    # The clone's initializers draw from Keras' global seed generator, whose state variable was made
-    # under the distribution: advancing it would be a collective that only this process joins.
     seeds = global_state.get_global_attribute("global_seed_generator")
     keras.distribution.set_distribution(None)
     global_state.set_global_attribute("global_seed_generator", None)
     try:
-        clone = keras.models.clone_model(model)
-        clone.set_weights(weights)
+        yield
     finally:
         global_state.set_global_attribute("global_seed_generator", seeds)
         keras.distribution.set_distribution(previous)
+
+
+def local_copy(model, optimizer: bool = False):
+    """A copy of ``model`` with its weights (and, with ``optimizer``, a compiled optimizer holding the
+    same state), built outside the distribution, for process 0 to save, export, predict and plot
+    alone. Use the copy inside :func:`outside_distribution`."""
+    weights = [np.asarray(w) for w in model.get_weights()]  # replicated: this process's copy
+    state = [np.asarray(v.value) for v in model.optimizer.variables] if optimizer and model.optimizer else None
+    with outside_distribution():
+        clone = keras.models.clone_model(model)
+        clone.set_weights(weights)
+        if state is not None:
+            twin = model.optimizer.__class__.from_config(model.optimizer.get_config())
+            clone.compile(optimizer=twin)
+            twin.build(clone.trainable_variables)
+            for variable, value in zip(twin.variables, state):
+                variable.assign(value)
     return clone
 
 
@@ -85,8 +102,9 @@ def load_weights_from_chief(model, path) -> None:
         raise DistributionError(f"{path}: not found on process 0")
     if found:
         clone = local_copy(model)
-        clone.load_weights(path)
-        values = [np.asarray(w) for w in clone.get_weights()]
+        with outside_distribution():
+            clone.load_weights(path)
+            values = [np.asarray(w) for w in clone.get_weights()]
     else:
         values = [np.zeros(w.shape, w.dtype) for w in model.weights]
     values = multihost_utils.broadcast_one_to_all(values)
@@ -94,30 +112,42 @@ def load_weights_from_chief(model, path) -> None:
 
 
 class ChiefOnly(keras.callbacks.Callback):
-    """Runs ``callback`` (a file writer: ModelCheckpoint, CSVLogger, ...) on process 0 only.
-
-    Only for callbacks that never run the model or change training; those that do (EarlyStopping,
-    BackupAndRestore, a figure writer that predicts) must run everywhere.
+    """Runs ``callback`` (ModelCheckpoint, CSVLogger, a figure writer) on process 0 only, at the epoch
+    and train boundaries (batch hooks are dropped), handing it a :func:`local_copy` of the model and
+    running it :func:`outside_distribution`: saving or predicting with the distributed model would be
+    collectives that process 0 alone cannot complete. Callbacks that change training (EarlyStopping,
+    BackupAndRestore below) run on every process instead.
     """
+
+    HOOKS = ("on_train_begin", "on_train_end", "on_epoch_begin", "on_epoch_end")
 
     def __init__(self, callback: keras.callbacks.Callback) -> None:
         super().__init__()
         self.callback = callback
 
-    def set_model(self, model):
-        super().set_model(model)
-        self.callback.set_model(model)
-
     def set_params(self, params):
         super().set_params(params)
         self.callback.set_params(params)
 
-    def __getattribute__(self, name):
-        # Forward every on_* hook to the wrapped callback on the chief; a no-op elsewhere.
-        if name.startswith("on_"):
-            target = object.__getattribute__(self, "callback")
-            return getattr(target, name) if is_chief() else (lambda *args, **kwargs: None)
-        return object.__getattribute__(self, name)
+    def _forward(self, hook: str, *args, **kwargs):
+        if not is_chief():
+            return
+        copy = local_copy(self.model)
+        self.callback.set_model(copy)
+        with outside_distribution():
+            getattr(self.callback, hook)(*args, **kwargs)
+
+    def on_train_begin(self, logs=None):
+        self._forward("on_train_begin", logs)
+
+    def on_train_end(self, logs=None):
+        self._forward("on_train_end", logs)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._forward("on_epoch_begin", epoch, logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._forward("on_epoch_end", epoch, logs)
 
 
 class BackupAndRestore(keras.callbacks.BackupAndRestore):
@@ -130,12 +160,23 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
         weights, meta = Path(self._weights_path), Path(self._training_metadata_path)
         state = [meta.read_text() if meta.exists() else None,
                  hashlib.sha256(weights.read_bytes()).hexdigest() if weights.exists() else None]
-        check_same_everywhere(state, f"backups in {self.backup_dir}")
+        check_same_everywhere(state, f"backups in {self.backup_dir}",
+                              "put the run folder on a file system every host shares (or copy it) before --resume")
         super().on_train_begin(logs)
 
     def _save_model(self):
-        if is_chief():
-            super()._save_model()
+        # Process 0 writes from a local copy (model and optimizer state): saving the distributed
+        # model is a collective that it alone cannot complete.
+        if not is_chief():
+            return
+        copy = local_copy(self.model, optimizer=True)
+        model = self.model
+        self.set_model(copy)
+        try:
+            with outside_distribution():
+                super()._save_model()
+        finally:
+            self.set_model(model)
 
     def on_train_end(self, logs=None):
         if is_chief():

@@ -264,7 +264,7 @@ def set_data_parallel(devices=None):
     return distribution
 
 
-def check_same_everywhere(value, what: str) -> None:
+def check_same_everywhere(value, what: str, fix: str = "start every process with the same flags and data") -> None:
     """Refuses to go on when processes disagree on ``value`` (JSON-able: the settings, the seed, the
     file list): a process with another batch size or seed would silently train something else."""
     import jax
@@ -279,5 +279,4 @@ def check_same_everywhere(value, what: str) -> None:
     every = np.asarray(multihost_utils.process_allgather(words))
     differ = [i for i in range(every.shape[0]) if not np.array_equal(every[i], every[0])]
     if differ:
-        raise DistributionError(f"processes {differ} have other {what} than process 0: start every process "
-                                f"with the same flags and data")
+        raise DistributionError(f"processes {differ} have other {what} than process 0: {fix}")
