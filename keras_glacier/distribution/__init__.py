@@ -7,7 +7,10 @@ Typical use, in this order, before the model is built::
     distribution.set_data_parallel()                                           # one mesh, all devices
     train = distribution.ProcessShard(GlacierSequence(..., batch_size=batch_size))  # this process's rows
 
-and only process 0 (``is_chief()``) writes run files. See cluster.py and data.py for the why.
+Only process 0 (``is_chief()``) writes run files, and it writes them from a ``local_copy(model)``
+inside ``outside_distribution()`` (``ChiefOnly(callback)`` does that for Keras callbacks): under the
+distribution, saving or assigning a variable is a collective that one process alone cannot finish.
+Every ``fit`` / ``evaluate`` runs on every process. See cluster.py, data.py and callbacks.py for the why.
 """
 
 from keras_glacier.distribution.callbacks import (
