@@ -1,0 +1,306 @@
+"""Multi-process data parallelism (keras_glacier.distribution): the real model trained by two jax
+processes on localhost (gloo CPU collectives, two virtual devices each) must match one process with
+four devices; plus the set-up errors a user meets first and the batch-share arithmetic."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from keras_glacier.distribution import (
+    ENV_ADDRESSES,
+    ENV_NUM_PROCESSES,
+    ENV_PROCESS_ID,
+    PAD,
+    DistributionError,
+    check_global_batch,
+    initialize,
+    parse_address,
+    process_batch_indices,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN_TIMEOUT_S = 420  # the whole multi-process comparison, compile included; a hang is killed, not waited on
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def worker_env(devices: int) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KERAS_DISTRIBUTION_", "SLURM_", "JAX_"))}
+    env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", KERAS_BACKEND="jax",
+               JAX_PLATFORMS="cpu", JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo", PYTHONPATH=str(ROOT),
+               OMP_NUM_THREADS="1")
+    return env
+
+
+def start(args: list[str], devices: int, log: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "tests.distribution.worker", *args], cwd=ROOT,
+                            env=worker_env(devices), stdout=log.open("w"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def wait_all(procs: list[subprocess.Popen], logs: list[Path], timeout_s: float) -> None:
+    """Waits for every process; on a timeout or a failure kills them all (their whole process groups)."""
+    deadline = time.monotonic() + timeout_s
+    try:
+        for proc in procs:
+            proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        pass
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    failed = [(log, proc.returncode) for proc, log in zip(procs, logs) if proc.returncode != 0]
+    if failed:
+        log, code = failed[0]
+        pytest.fail(f"{log.name} exited with {code}:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """One 1-process x 4-device run and one 2-process x 2-device run, side by side, same data and seed."""
+    from keras_glacier.data import make_demo_dataset
+
+    base = tmp_path_factory.mktemp("distributed")
+    data = make_demo_dataset(base / "data", scenes=4, tiles_per_scene=4, size=32, seed=0)
+    single, multi = base / "single", base / "multi"
+    single.mkdir()
+    multi.mkdir()
+    common = ["--data", str(data), "--timeout", "120"]
+    address = f"127.0.0.1:{free_port()}"
+    procs, logs = [], []
+    for i in range(2):
+        logs.append(multi / f"log{i}.txt")
+        procs.append(start([*common, "--out", str(multi), "--coordinator", address, "--num-processes", "2",
+                            "--process-id", str(i)], 2, logs[-1]))
+    logs.append(single / "log.txt")
+    procs.append(start([*common, "--out", str(single)], 4, logs[-1]))
+    started = time.monotonic()
+    wait_all(procs, logs, RUN_TIMEOUT_S)
+    return single, multi, time.monotonic() - started
+
+
+def load(folder: Path, index: int, name: str = ""):
+    weights = np.load(folder / f"process_{index}{name}.npz")
+    meta = json.loads((folder / f"process_{index}.json").read_text())
+    return [weights[k] for k in weights.files], meta
+
+
+def test_two_processes_train_like_one_process_with_as_many_devices(runs):
+    single, multi, _ = runs
+    init1, _ = load(single, 0, "_init")
+    init2, _ = load(multi, 0, "_init")
+    w1, m1 = load(single, 0)
+    w2a, m2a = load(multi, 0)
+    w2b, m2b = load(multi, 1)
+    assert (m1["process_count"], m1["devices"], m1["local_devices"]) == (1, 4, 4)
+    assert (m2a["process_count"], m2a["devices"], m2a["local_devices"]) == (2, 4, 2)
+    assert m2a["how"] == "explicit" and m1["how"] == "single"
+    # The replicas of one job hold bitwise the same weights and report the same metrics.
+    assert all(np.array_equal(a, b) for a, b in zip(w2a, w2b))
+    assert m2a["logs"] == m2b["logs"] and m2a["before"] == m2b["before"]
+    # Same seed, same initial weights in both jobs.
+    assert all(np.array_equal(a, b) for a, b in zip(init1, init2))
+
+    # Validation before training: no cross-device reduction in inference, so the whole-set scores agree
+    # to float rounding; a per-process (half-set) confusion matrix would not. MCC != 0: the predictions
+    # are not all one class, so the counts behind it are not trivially equal.
+    assert m1["before"]["mcc"] != 0
+    for key, value in m1["before"].items():
+        assert m2a["before"][key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+
+    # After two SGD steps the weights agree to ~2% of the distance they moved (measured: 1.8%), not to
+    # float rounding: the all-reduces sum in another order and two steps of a from-scratch network
+    # amplify that; one process with 1 device instead of 4 differs from the 4-device run just as much
+    # (1.3%). Reading other tiles or another share would change the steps wholesale.
+    diff = np.sqrt(sum(float(np.sum((b - a) ** 2)) for a, b in zip(w1, w2a)))
+    moved = np.sqrt(sum(float(np.sum((a - s) ** 2)) for s, a in zip(init1, w1)))
+    assert moved > 1e-2 and diff <= 0.05 * moved, (diff, moved)
+    # Losses agree closely; the thresholded scores after training are not compared: the probabilities
+    # sit within 0.003 of 0.5 after two steps, where such a change flips pixels.
+    for key, rel in (("loss", 5e-3), ("val_loss", 5e-3), ("val_r2", 1e-2)):
+        assert m2a["logs"][key] == pytest.approx(m1["logs"][key], rel=rel), key
+
+
+def test_run_files_in_a_job_of_2_processes(tmp_path):
+    """Process 0 alone saves (checkpoints, backups) from a local copy; weights only process 0 has reach
+    every process; a resumed run restores the same state everywhere; unequal backups are refused."""
+    address = f"127.0.0.1:{free_port()}"
+    logs = [tmp_path / f"log{i}.txt" for i in range(2)]
+    procs = [subprocess.Popen([sys.executable, "-m", "tests.distribution.files_worker", address, str(i), str(tmp_path)],
+                              cwd=ROOT, env=worker_env(1), stdout=subprocess.PIPE, stderr=logs[i].open("w"),
+                              text=True, start_new_session=True) for i in range(2)]
+    wait_all(procs, logs, 180)
+    results = [json.loads(proc.stdout.read().strip().splitlines()[-1]) for proc in procs]
+    for i, result in enumerate(results):
+        assert result["loaded"] is True
+        assert result["epochs"] == [2, 2]  # 2 epochs, then resumed at epoch 2 of 4: 2 more, on both
+        assert result["refused"].startswith("processes [1] have other backups in ")
+        assert f"private_{i}" in result["refused"] and "file system every host shares" in result["refused"]
+    assert not (tmp_path / "private_1").exists()  # process 1 wrote nothing
+
+
+def test_unreachable_coordinator_fails_in_time_with_one_line_naming_it(tmp_path):
+    address = f"127.0.0.1:{free_port()}"  # nothing listens there
+    started = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.distribution.worker", "--data", str(tmp_path), "--out", str(tmp_path),
+         "--coordinator", address, "--num-processes", "2", "--process-id", "1", "--timeout", "2"],
+        cwd=ROOT, env=worker_env(1), capture_output=True, text=True, timeout=120)
+    elapsed = time.monotonic() - started
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and address in lines[0] and "within 2 s" in lines[0], proc.stderr[-2000:]
+    assert elapsed < 60  # 2 s of probing plus an interpreter start, not jax's 300 s default
+
+
+def test_explicit_settings_are_checked_before_anything_starts(monkeypatch):
+    for name in (ENV_ADDRESSES, ENV_NUM_PROCESSES, ENV_PROCESS_ID):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(DistributionError, match="missing --process-id"):
+        initialize("127.0.0.1:1234", 2, None)
+    with pytest.raises(DistributionError, match="not HOST:PORT"):
+        initialize("127.0.0.1", 2, 0)
+    with pytest.raises(DistributionError, match=r"--process-id 2 must be in 0\.\.1"):
+        initialize("127.0.0.1:1234", 2, 2)
+    monkeypatch.setenv("KERAS_DISTRIBUTION_NUM_PROCESSES", "two")
+    with pytest.raises(DistributionError, match="KERAS_DISTRIBUTION_NUM_PROCESSES='two'"):
+        initialize()
+    assert parse_address("10.0.0.1:1234,10.0.0.2:2345") == ("10.0.0.1", 1234)
+    assert parse_address("[::1]:80") == ("::1", 80)
+
+
+def test_non_divisible_global_batch_is_refused_with_the_numbers():
+    with pytest.raises(DistributionError, match=r"global batch size 6 is not a multiple of the 4 devices "
+                                                r"\(2 processes\): use e\.g\. 4 or 8"):
+        check_global_batch(6, num_devices=4, num_processes=2)
+    with pytest.raises(DistributionError, match="global batch size 2 .* 8 devices"):
+        check_global_batch(2, num_devices=8, num_processes=1)
+    assert check_global_batch(8, num_devices=4, num_processes=2) == 4
+    assert check_global_batch(3, num_devices=1, num_processes=1) == 3
+
+
+@pytest.mark.parametrize(("samples", "global_batch", "processes", "devices"),
+                         [(10, 4, 2, 4), (13, 6, 3, 6), (7, 8, 2, 4)])
+def test_process_shares_cover_each_batch_once_in_single_process_order(samples, global_batch, processes, devices):
+    order = np.random.default_rng(5).permutation(samples)
+    batches = -(-samples // global_batch)
+    seen = []
+    for b in range(batches):
+        shares = [process_batch_indices(order, b, global_batch, p, processes, devices) for p in range(processes)]
+        assert len({s.size for s in shares}) == 1 and shares[0].size % (devices // processes) == 0
+        joined = np.concatenate(shares)
+        real = joined[joined != PAD]
+        # What one process would put in this batch, in the same order; padding only after it.
+        np.testing.assert_array_equal(real, order[b * global_batch : (b + 1) * global_batch])
+        assert np.all(joined[real.size :] == PAD) and joined.size % devices == 0
+        seen.extend(real.tolist())
+    assert sorted(seen) == list(range(samples))  # every tile once per epoch, none twice
+
+
+def test_process_shard_serves_its_rows_of_the_loaders_batches(demo_npy_source, demo_stats):
+    from keras_glacier.constants import IGNORE_INDEX
+    from keras_glacier.data.dataset import GlacierSequence
+    from keras_glacier.distribution import ProcessShard
+
+    samples = demo_npy_source.samples[:6]  # 6 tiles, global batch 4: a full batch and a short one
+    sequence = GlacierSequence(samples, demo_stats, demo_npy_source.default_bands, batch_size=4, shuffle=True,
+                               seed=1, workers=1, drop_remainder=False)
+    shards = [ProcessShard(sequence, process_index=p, process_count=2, num_devices=4) for p in range(2)]
+    sequence.set_epoch(2)
+    full_x, full_y = sequence[0]
+    parts = [shard[0] for shard in shards]
+    np.testing.assert_array_equal(np.concatenate([p[0] for p in parts]), full_x)
+    np.testing.assert_array_equal(np.concatenate([p[1] for p in parts]), full_y)
+    short_x, short_y = sequence[1]  # 2 tiles for 4 devices: process 1's two rows are padding
+    (x0, y0), (x1, y1) = shards[0][1], shards[1][1]
+    np.testing.assert_array_equal(x0, short_x)
+    np.testing.assert_array_equal(y0, short_y)
+    assert x1.shape == x0.shape and np.isnan(x1).all() and (y1 == IGNORE_INDEX).all()
+    shards[0].on_epoch_end()  # a batch was served: the wrapped sequence moves to the next epoch's order
+    assert sequence.epoch == 3
+
+
+def test_figure_predictions_and_chief_only_callbacks_under_a_distribution(tmp_path):
+    import keras
+
+    from keras_glacier.distribution import BackupAndRestore, ChiefOnly, local_copy, local_predict
+
+    images = np.random.default_rng(0).normal(size=(3, 8, 8, 2)).astype(np.float32)
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 2))
+    x = keras.layers.Conv2D(4, 3, padding="same")(inputs)
+    x = keras.layers.BatchNormalization()(x)
+    model = keras.Model(inputs, keras.layers.Conv2D(1, 1)(x))
+    expected = model.predict(images, verbose=0)
+    distribution = keras.distribution.DataParallel(auto_shard_dataset=False)
+    keras.distribution.set_distribution(distribution)
+    try:
+        keras.utils.set_random_seed(0)
+        inputs = keras.Input((8, 8, 2))
+        x = keras.layers.Conv2D(4, 3, padding="same")(inputs)
+        x = keras.layers.BatchNormalization()(x)
+        dist_model = keras.Model(inputs, keras.layers.Conv2D(1, 1)(x))
+        dist_model.set_weights(model.get_weights())
+        np.testing.assert_allclose(local_predict(dist_model, images), expected, rtol=1e-5, atol=1e-6)
+        # Process 0 here: the wrapped writer runs and the backup is written, then deleted at the end.
+        log = tmp_path / "history.csv"
+        backup = tmp_path / "backup"
+        dist_model.compile(optimizer="sgd", loss="mse")
+        y = np.zeros((4, 8, 8, 1), np.float32)
+        dist_model.fit(np.concatenate([images, images[:1]]), y, epochs=2, batch_size=4, verbose=0,
+                       callbacks=[ChiefOnly(keras.callbacks.CSVLogger(str(log))),
+                                  BackupAndRestore(str(backup), delete_checkpoint=False)])
+        assert len(log.read_text().splitlines()) == 3 and (backup / "latest.weights.h5").exists()
+        # Process 0's copy for saving and export lives outside the mesh and computes the same outputs.
+        copy = local_copy(dist_model)
+        assert keras.distribution.distribution() is distribution
+        # (Keras gives a variable a layout when a distribution is set at its creation.)
+        assert all(v._layout is not None for v in dist_model.weights)
+        assert all(v._layout is None for v in copy.weights)
+        np.testing.assert_allclose(copy.predict(images, verbose=0), local_predict(dist_model, images),
+                                   rtol=1e-5, atol=1e-6)
+    finally:
+        keras.distribution.set_distribution(None)
+
+
+def test_describe_runtime_on_this_cpu():
+    import jax
+
+    from keras_glacier.distribution import describe_runtime, format_runtime
+
+    info = describe_runtime()
+    assert info["platform"] == "cpu" and info["devices"] == jax.device_count() and info["processes"] == 1
+    assert info["precision"] == "float32" and info["batch_size"] % info["devices"] == 0
+    assert info["distribute"] == ("data_parallel" if info["devices"] > 1 else "none")
+    text = format_runtime(info)
+    assert set(info["reasons"]) == {"precision", "distribute", "batch_size"}
+    assert all(why in text for why in info["reasons"].values())
+
+
+def test_install_keeps_an_accelerator_jax():
+    """``pip install -e .`` must not swap Colab's jax[tpu]/jax[cuda12] for another build: the base
+    dependency is plain jax; the flavour is an extra."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    jax_deps = [d for d in project["dependencies"] if d.replace(" ", "").startswith("jax")]
+    assert len(jax_deps) == 1 and "[" not in jax_deps[0]
+    extras = project["optional-dependencies"]
+    for flavour in ("cpu", "cuda12", "tpu"):
+        assert extras[flavour] == [jax_deps[0].replace("jax", f"jax[{flavour}]", 1)]
