@@ -3,6 +3,9 @@
 Importing the package selects the JAX backend for Keras when the user has not chosen one
 (``KERAS_BACKEND``), because the training step is written and tuned for XLA-compiled JAX.
 This has to happen before the first ``import keras`` anywhere in the process.
+
+It then registers the model's classes (layers, ``GlacierDeepLab``, the loss and the metrics) with
+Keras, so ``import keras_glacier`` is all ``keras.saving.load_model("model.keras")`` needs.
 """
 
 import os
@@ -11,3 +14,10 @@ if "KERAS_BACKEND" not in os.environ:
     os.environ["KERAS_BACKEND"] = "jax"
 
 __version__ = "0.1.0"
+
+# isort: split
+# Imported for their registration with keras.saving (after the backend choice above).
+from keras_glacier import losses, metrics, model  # noqa: E402, F401
+from keras_glacier.model import GlacierDeepLab  # noqa: E402
+
+__all__ = ["GlacierDeepLab", "__version__"]

@@ -9,3 +9,6 @@ IGNORE_INDEX = 255
 
 #: The network's output stride: input height and width must be multiples of this.
 OUTPUT_STRIDE = 16
+
+#: Value written in phase-2 masks per class name (binary masks write 0/255; see CONTRACT/README).
+PHASE2_VALUES = {"background": 0, "glacier": 85, "clean_ice": 85, "debris": 170, "lake": 255}
