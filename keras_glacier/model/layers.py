@@ -123,7 +123,8 @@ class BandNormalization(keras.layers.Layer):
         """The statistics in use: the weights' values once built (loaded weights included), else the arguments."""
         if not self.built:
             return {"lo": self.lo_init, "hi": self.hi_init, "mean": self.mean_init, "std": self.std_init}
-        return {key: [float(v) for v in ops.convert_to_numpy(getattr(self, key))] for key in ("lo", "hi", "mean", "std")}
+        keys = ("lo", "hi", "mean", "std")
+        return {key: [float(v) for v in ops.convert_to_numpy(getattr(self, key))] for key in keys}
 
     def get_config(self):
         config = super().get_config()
