@@ -10,6 +10,8 @@ from keras import layers
 
 from keras_glacier.model.layers import ChannelMaxMean, FastConv2D
 
+__all__ = ["SPATIAL_KERNEL", "cbam"]
+
 #: Kernel size of the spatial-attention convolution (PyTorch padding = 3).
 SPATIAL_KERNEL = 7
 
