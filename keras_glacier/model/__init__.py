@@ -2,22 +2,26 @@
 
 from keras_glacier.model.aspp import aspp
 from keras_glacier.model.attention import cbam
-from keras_glacier.model.deeplab import build_deeplab, default_stats
+from keras_glacier.model.deeplab import CONFIG_KEYS, GlacierDeepLab, build_deeplab, default_stats
 from keras_glacier.model.layers import (
     BandNormalization,
     ChannelMaxMean,
     FastConv2D,
     FastDepthwiseConv2D,
+    FastMaxPooling2D,
     SpatialBroadcast,
 )
 from keras_glacier.model.resnet import RESNET34_STAGES, build_resnet34_backbone
 
 __all__ = [
+    "CONFIG_KEYS",
     "RESNET34_STAGES",
     "BandNormalization",
     "ChannelMaxMean",
     "FastConv2D",
     "FastDepthwiseConv2D",
+    "FastMaxPooling2D",
+    "GlacierDeepLab",
     "SpatialBroadcast",
     "aspp",
     "build_deeplab",

@@ -8,6 +8,8 @@ from keras_glacier.model.attention import cbam
 from keras_glacier.model.layers import FastConv2D, SpatialBroadcast
 from keras_glacier.model.resnet import batch_norm
 
+__all__ = ["ASPP_CHANNELS", "aspp"]
+
 ASPP_CHANNELS = 256
 
 

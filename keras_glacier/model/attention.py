@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from keras import layers
 
-from keras_glacier.model.layers import ChannelMaxMean
+from keras_glacier.model.layers import ChannelMaxMean, FastConv2D
+
+__all__ = ["SPATIAL_KERNEL", "cbam"]
 
 #: Kernel size of the spatial-attention convolution (PyTorch padding = 3).
 SPATIAL_KERNEL = 7
@@ -29,6 +31,6 @@ def cbam(x, name: str, reduction: int = 16):
     x = layers.Multiply(name=f"{name}.ca.scale")([x, attn])
 
     summary = ChannelMaxMean(name=f"{name}.sa.pool")(x)
-    mask = layers.Conv2D(1, SPATIAL_KERNEL, padding="same", use_bias=False, name=f"{name}.sa.conv")(summary)
+    mask = FastConv2D(1, SPATIAL_KERNEL, padding="same", use_bias=False, name=f"{name}.sa.conv")(summary)
     mask = layers.Activation("sigmoid", name=f"{name}.sa.sigmoid")(mask)
     return layers.Multiply(name=f"{name}.sa.scale")([x, mask])

@@ -12,6 +12,16 @@ from keras import layers
 
 from keras_glacier.model.layers import FastConv2D, FastMaxPooling2D
 
+__all__ = [
+    "BN_EPSILON",
+    "BN_MOMENTUM",
+    "RESNET34_STAGES",
+    "basic_block",
+    "batch_norm",
+    "build_resnet34_backbone",
+    "conv3x3",
+]
+
 #: (stage name, channels, number of BasicBlocks, stride of the first block, dilation).
 #: layer4 keeps stride 1 and dilates by 2 instead (output stride 16, as smp's make_dilated).
 RESNET34_STAGES = (

@@ -135,12 +135,14 @@ def test_runner_chooses_the_file_backend():
     assert matplotlib.get_backend().lower() == "agg"
 
 
-def test_import_keras_glacier_stays_light():
+def test_import_keras_glacier_loads_the_jobs_on_first_use():
+    """The package import registers the model with Keras (it needs keras), but not torch or the jobs."""
     import subprocess
     import sys
 
-    code = ("import sys, keras_glacier; c = keras_glacier.TrainConfig(epochs=2); "
-            "print('keras' in sys.modules, 'jax' in sys.modules, callable(keras_glacier.train))")
+    code = ("import sys, keras_glacier; "
+            "before = ['torch' in sys.modules, 'keras_glacier.training.fit' in sys.modules]; "
+            "c = keras_glacier.TrainConfig(epochs=2); print(*before, callable(keras_glacier.train))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.stdout.split() == ["False", "False", "True"], done.stderr[-2000:]
 

@@ -1,8 +1,7 @@
-"""The Keras network: shapes, names (the conversion contract), serialisation, precision, fast layers."""
+"""The Keras network: shapes, names (the conversion contract), configuration, serialisation, precision."""
 
 import keras_glacier  # noqa: F401, I001  (first: selects the JAX backend before keras is imported)
 
-import jax
 import keras
 import numpy as np
 import pytest
@@ -10,12 +9,15 @@ import pytest
 from keras_glacier.losses import BceDiceLoss
 from keras_glacier.metrics import SCORE_NAMES, segmentation_metrics
 from keras_glacier.model import (
+    CONFIG_KEYS,
     BandNormalization,
     FastConv2D,
     FastDepthwiseConv2D,
+    GlacierDeepLab,
     build_deeplab,
     build_resnet34_backbone,
 )
+from tests.model.harness import assert_config_round_trip, assert_save_load, save_and_load
 
 STATS = {
     "lo": [100.0, 200.0, 50.0, 0.0, 10.0],
@@ -144,15 +146,100 @@ def test_size_of_the_network(model):
 def test_keras_file_round_trip(model, tmp_path):
     x = raw_bands((1, 64, 64, 5), seed=3)
     x[0, :3, :3, 1] = np.nan
-    path = tmp_path / "model.keras"
-    model.save(path)
-    loaded = keras.saving.load_model(path)
+    model.threshold = 0.37  # as training sets it after choosing it
+    try:
+        loaded = save_and_load(model, tmp_path / "model.keras")
+    finally:
+        model.threshold = 0.5
     np.testing.assert_array_equal(
         np.asarray(loaded(x, training=False)), np.asarray(model(x, training=False))
     )
+    assert type(loaded) is GlacierDeepLab
+    assert loaded.get_config() == {**model.get_config(), "threshold": 0.37}
     assert isinstance(loaded.get_layer("decoder.sep1.depthwise"), FastDepthwiseConv2D)
     assert isinstance(loaded.get_layer("head"), FastConv2D)
+    assert isinstance(loaded.get_layer("aspp.b0.cbam.sa.conv"), FastConv2D)
     np.testing.assert_array_equal(np.asarray(loaded.get_layer("normalize").hi.value), STATS["hi"])
+
+
+def test_config_is_exactly_the_constructor_arguments(model):
+    config = model.get_config()
+    assert tuple(config) == CONFIG_KEYS
+    assert config == {
+        "num_bands": 5,
+        "band_names": ["B1", "B2", "B3", "B4", "B5"],
+        "task": "binary",
+        "class_names": ["background", "glacier"],
+        "class_values": [0, 255],
+        "aspp_rates": [6, 12, 18],
+        "reduction": 16,
+        "dropout": 0.1,
+        "output_stride": 16,
+        "threshold": 0.5,
+        "stats": {key: pytest.approx(STATS[key]) for key in ("lo", "hi", "mean", "std")},
+    }
+    # the statistics reported are the weights' values, so replaced weights say so too
+    bare = GlacierDeepLab.from_config({**config, "stats": None})
+    assert bare.get_config()["stats"]["hi"] == [1.0] * 5
+    bare.set_weights(model.get_weights())
+    assert bare.get_config() == config
+    x = raw_bands((1, 32, 32, 5), seed=5)
+    np.testing.assert_array_equal(np.asarray(bare(x, training=False)), np.asarray(model(x, training=False)))
+
+
+def test_multiclass_model_has_one_logit_per_class():
+    names = ["background", "glacier", "debris", "lake"]
+    net = build_deeplab(
+        4, band_names=["B2", "B3", "B4", "B6"], task="multiclass", class_names=names, aspp_rates=(3, 6, 9),
+        reduction=8, dropout=0.0, threshold=0.4,
+    )
+    assert net.get_layer("head").kernel.shape == (1, 1, 256, 4)
+    out = net(raw_bands((2, 32, 48, 4)), training=False)
+    assert tuple(out.shape) == (2, 32, 48, 4) and out.dtype == "float32"
+    config = net.get_config()
+    assert config["class_values"] == [0, 85, 170, 255] and config["band_names"] == ["B2", "B3", "B4", "B6"]
+    assert (config["aspp_rates"], config["reduction"], config["dropout"]) == ([3, 6, 9], 8, 0.0)
+    clone = GlacierDeepLab.from_config(config)
+    assert clone.get_config() == config and net.num_classes == 4
+    hkh = build_deeplab(3, task="multiclass", class_names=("background", "clean_ice", "debris"))
+    assert hkh.get_config()["class_values"] == [0, 85, 170] and hkh.output_shape[-1] == 3
+
+
+@pytest.mark.parametrize(
+    "arguments,message",
+    [
+        ({"output_stride": 8}, "only output_stride=16 is supported"),
+        ({"task": "regression"}, "task must be one of binary, multiclass"),
+        ({"band_names": ["B1", "B2"]}, "band_names has 2 names but num_bands is 5"),
+        ({"task": "multiclass"}, "multiclass model needs at least 2 class_names"),
+        ({"task": "multiclass", "class_names": ["background", "snow"]}, "no default mask value for class.*snow"),
+        ({"task": "multiclass", "class_names": ["a", "b"], "class_values": [0]}, "2 integers in 0..255"),
+        ({"class_names": ["background", "glacier", "lake"]}, "binary model has 2 classes"),
+        ({"class_values": [0, 256]}, "integers in 0..255"),
+        ({"threshold": 1.0}, "threshold must be a probability"),
+        ({"num_bands": 0}, "num_bands must be positive"),
+    ],
+)
+def test_bad_configuration_is_refused(arguments, message):
+    with pytest.raises(ValueError, match=message):
+        build_deeplab(**{"num_bands": 5, **arguments})
+
+
+@pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning")
+def test_custom_layers_round_trip_config_and_files(tmp_path):
+    x = raw_bands((1, 16, 16, 2), seed=6)
+    x[0, 1, 2, 0] = np.nan
+    layers = [
+        (BandNormalization([0.0, 100.0], [4000.0, 900.0], [0.5, 0.4], [0.2, 0.3], name="normalize"), x),
+        (keras_glacier.model.ChannelMaxMean(name="pool"), x),
+        (keras_glacier.model.SpatialBroadcast(name="broadcast"), [x[:, :1, :1], x]),
+        (FastConv2D(3, 3, padding="same", dilation_rate=6, name="conv"), x),
+        (FastDepthwiseConv2D(3, padding="same", name="depthwise"), x),
+        (keras_glacier.model.FastMaxPooling2D(3, strides=2, name="maxpool"), x),
+    ]
+    for layer, inputs in layers:
+        assert_config_round_trip(layer, None if isinstance(inputs, list) else np.nan_to_num(inputs))
+        assert_save_load(layer, inputs, tmp_path / f"{layer.name}.keras")
 
 
 def test_mixed_bfloat16_gives_float32_logits():
@@ -186,55 +273,10 @@ def test_band_normalization_formula():
     assert out[0, 0, 0, 1] == pytest.approx((0.75 - 0.25) / 0.5)
     assert {w.name for w in layer.non_trainable_weights} == {"lo", "hi", "mean", "std"}
     assert not layer.trainable_weights
-    clone = BandNormalization.from_config(layer.get_config())
+    clone = assert_config_round_trip(layer)
     np.testing.assert_array_equal(np.asarray(clone(x)), out)
     with pytest.raises(ValueError, match="same length"):
         BandNormalization([0.0], [1.0, 2.0], [0.0], [1.0])
-
-
-def _value_and_grads(layer, x):
-    """Output and gradients (w.r.t. the input and every weight) of sum(sin(layer(x)))."""
-    weights = [v.value for v in layer.trainable_variables]
-
-    def loss(weights, x):
-        y, _ = layer.stateless_call(weights, [], x)
-        return jax.numpy.sum(jax.numpy.sin(y)), y
-
-    fn = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))
-    (_, y), grads = fn(weights, x)
-    jaxpr = str(jax.make_jaxpr(loss)(weights, x))
-    return np.asarray(y), [np.asarray(g) for g in jax.tree_util.tree_leaves(grads)], jaxpr
-
-
-@pytest.mark.parametrize(
-    "fast,stock",
-    [
-        (lambda: FastDepthwiseConv2D(3, padding="same", use_bias=False),
-         lambda: keras.layers.DepthwiseConv2D(3, padding="same", use_bias=False)),
-        (lambda: FastDepthwiseConv2D(3, padding="same", dilation_rate=2, bias_initializer="ones"),
-         lambda: keras.layers.DepthwiseConv2D(3, padding="same", dilation_rate=2)),
-        (lambda: FastConv2D(24, 1, use_bias=False), lambda: keras.layers.Conv2D(24, 1, use_bias=False)),
-        (lambda: FastConv2D(24, 1, strides=2, bias_initializer="ones"),
-         lambda: keras.layers.Conv2D(24, 1, strides=2)),
-    ],
-    ids=["depthwise", "depthwise-dilated-bias", "pointwise", "pointwise-strided-bias"],
-)
-def test_fast_layers_equal_stock_layers(fast, stock):
-    x = np.random.default_rng(0).normal(size=(2, 16, 12, 8)).astype("float32")
-    fast_layer, stock_layer = fast(), stock()
-    fast_layer.build(x.shape)
-    stock_layer.build(x.shape)
-    assert [w.shape for w in fast_layer.weights] == [w.shape for w in stock_layer.weights]
-    for target, source in zip(stock_layer.weights, fast_layer.weights, strict=True):
-        target.assign(source.value)
-    y_fast, g_fast, jaxpr_fast = _value_and_grads(fast_layer, x)
-    y_stock, g_stock, jaxpr_stock = _value_and_grads(stock_layer, x)
-    assert "conv_general_dilated" in jaxpr_stock
-    assert "conv_general_dilated" not in jaxpr_fast, "the fast path was not taken on JAX CPU"
-    np.testing.assert_allclose(y_fast, y_stock, rtol=1e-5, atol=1e-5)
-    assert len(g_fast) == len(g_stock) == len(fast_layer.weights) + 1
-    for a, b in zip(g_fast, g_stock, strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
 def test_two_jit_steps_reduce_the_loss(model):
