@@ -98,8 +98,8 @@ class TrainConfig:
         "validation tiles after training (stored in the model and model.pth), or a number in (0, 1)",
         metavar="auto|T")
     precision: str = _setting(
-        AUTO, "keras dtype policy; auto = float32 on CPU, mixed_bfloat16 on TPUs and GPUs that support it, "
-        "mixed_float16 on older GPUs", choices=PRECISIONS)
+        AUTO, "keras dtype policy; auto = mixed_bfloat16 on TPUs and GPUs of compute capability 8.0 or newer, "
+        "float32 elsewhere (keras_glacier.accelerator.auto_precision)", choices=PRECISIONS)
     distribute: str = _setting(
         "none", "data_parallel splits each batch over all devices (TPU cores, GPUs) with "
         "keras.distribution.DataParallel", choices=DISTRIBUTIONS)

@@ -38,22 +38,12 @@ MONITOR, MONITOR_MODE = "val_mcc", "max"
 
 # ------------------------------------------------------------------------------------ devices
 def resolve_precision(precision: str) -> str:
-    """``auto``: float32 on CPU (mixed precision is slower there), bfloat16 where the chip has it."""
+    """``auto``: float32 on CPU (mixed precision is slower there), bfloat16 where every chip has it."""
     if precision != AUTO:
         return precision
-    import jax
+    from keras_glacier.accelerator import auto_precision
 
-    device = jax.devices()[0]
-    if device.platform == "tpu":
-        return "mixed_bfloat16"
-    if device.platform == "gpu":
-        capability = getattr(device, "compute_capability", None)
-        try:
-            major = int(str(capability).split(".")[0])
-        except ValueError:
-            major = 0
-        return "mixed_bfloat16" if major >= 8 else "mixed_float16"
-    return "float32"
+    return auto_precision()[0]
 
 
 def set_up_devices(config: TrainConfig) -> tuple[int, str]:
@@ -82,21 +72,14 @@ def pretrained_file(spec: str) -> str:
 
 
 def build_model(config: TrainConfig, stats, num_bands: int, band_names: Sequence[str] | None = None,
-                classes: Sequence[str] | None = None):
-    """The network for ``config`` (GlacierDeepLab with its configuration where the model room has it)."""
-    from keras_glacier import model as model_room
+                classes: Sequence[str] | None = None, class_values: Sequence[int] | None = None):
+    """The network for ``config``: a GlacierDeepLab that carries its bands, classes and statistics."""
+    from keras_glacier.model import GlacierDeepLab
 
-    if hasattr(model_room, "GlacierDeepLab"):
-        arguments = dict(num_bands=num_bands, stats=stats.to_dict(), task=config.task)
-        if band_names is not None:
-            arguments["band_names"] = list(band_names)
-        if classes is not None:
-            arguments["class_names"] = list(classes)
-        model = model_room.GlacierDeepLab(**arguments)
-    elif config.task == "binary":
-        model = model_room.build_deeplab(num_bands=num_bands, stats=stats.to_dict())
-    else:
-        raise UsageError("--task multiclass needs the multi-class model (keras_glacier.model.GlacierDeepLab)")
+    model = GlacierDeepLab(num_bands=num_bands, band_names=band_names, task=config.task,
+                           class_names=None if classes is None else list(classes),
+                           class_values=None if class_values is None else list(class_values),
+                           stats=stats.to_dict())
     if config.pretrained is not None:
         from convert import load_torchvision_resnet34
 
@@ -250,7 +233,7 @@ def train_one(config: TrainConfig, run_dir: Path, resume: bool, extra_callbacks:
           f"{list(band_names)}, crops {tile[0]}x{tile[1]}, {train_seq.samples_per_epoch} per epoch "
           f"({len(train_seq)} steps), run folder {run_dir}", flush=True)
 
-    model = build_model(config, stats, len(bands), band_names, classes)
+    model = build_model(config, stats, len(bands), band_names, classes, source.class_values)
     params = model.count_params()
     print(f"model: {model.name}, {params / 1e6:.2f}M parameters ({params * 4 / 1e6:.1f} MB as float32), "
           f"precision {precision}, {devices} device(s), backend {keras.backend.backend()}", flush=True)
@@ -268,6 +251,7 @@ def train_one(config: TrainConfig, run_dir: Path, resume: bool, extra_callbacks:
     threshold = None
     if config.task == "binary":
         threshold, threshold_mcc = choose_threshold(model, val_seq, config)
+        threshold = min(max(threshold, 1e-6), 1.0 - 1e-6)  # a probability strictly inside (0, 1), as models need
         metrics.update(threshold=threshold, threshold_mcc=threshold_mcc)
         if hasattr(model, "threshold"):
             model.threshold = threshold  # saved with the model and carried into model.pth
