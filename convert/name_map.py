@@ -2,7 +2,7 @@
 
 Both directions (Keras -> torch for export, torch -> Keras for round trips and for loading
 torchvision's pretrained ResNet-34) read the same table, ``_RULES``, so a layout fix made for one
-direction cannot silently break the other. Names need no table: by contract (SPEC.md) every weighted
+direction cannot silently break the other. Names need no table: by contract (README, "Architecture") every weighted
 Keras layer is named exactly as its PyTorch module path, and layers of a nested model (the
 "backbone") take that model's name as a prefix.
 """

@@ -1,6 +1,6 @@
 """Layer-by-layer comparison of the Keras model and its PyTorch twin (used by tests and benchmarks).
 
-Intermediate tensors are located only through the weighted layers, whose names SPEC.md fixes on
+Intermediate tensors are located only through the weighted layers, whose names the README's "Architecture" fixes on
 both sides (e.g. the output of ResNet stage 2 is the input of ``layer3.0.downsample.0``), so the probes
 do not depend on how either side names its weightless helper layers.
 """

@@ -1,9 +1,10 @@
 """What a scene prediction needs to know about the model: its band names and its class encoding.
 
 Models carry ``band_names``, ``class_names``, ``class_values`` and ``threshold`` in their config
-(CONTRACT.md). Older models do not: their run folder's ``config.json`` names the bands as indices
-into the HKH 15-channel table, and a bare 5-band model is taken to be the competition's five bands,
-with a warning, because that is what every model of this project before band names was trained on.
+(README, "Converting to PyTorch"). Older models do not: their run folder's ``run.json`` (band names
+and the channels read) or ``config.json`` (``bands`` as indices into the HKH 15-channel table; absent
+meant the then-default channels 1,2,3,5,9) says which bands they took, and a bare 5-band model with no
+run folder is taken to be the competition's five bands, with a warning.
 """
 
 from __future__ import annotations
@@ -12,17 +13,13 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from keras_glacier.constants import BINARY_CLASSES, BINARY_VALUES
+from keras_glacier.data.bands import HKH_CHANNELS
 from keras_glacier.data.errors import InputError
 from keras_glacier.scenes.bands import COMPETITION_BANDS
 
-try:  # the data room's table (CONTRACT.md); the fallback only serves branches that predate it
-    from keras_glacier.data.bands import HKH_CHANNELS
-except ImportError:  # pragma: no cover - removed once the data room's table is merged
-    HKH_CHANNELS = ("B1", "B2", "B3", "B4", "B5", "B6_VCID1", "B6_VCID2", "B7", "B8", "BQA", "NDVI", "NDSI",
-                    "NDWI", "elevation", "slope")
-
-BINARY_CLASSES = ("background", "glacier")
-BINARY_VALUES = (0, 255)
+#: The channels a run of this project read before runs recorded them (config.json ``bands`` null).
+_OLD_DEFAULT_CHANNELS = (1, 2, 3, 5, 9)
 _PLACEHOLDER = re.compile(r"^(?:B|BAND)_?(\d+)$", re.IGNORECASE)
 
 
@@ -67,8 +64,13 @@ def band_names(num_bands: int, model_config: dict, run_config: dict, warn) -> tu
     names = model_config.get("band_names")
     if names and len(names) == num_bands and not is_placeholder(names):
         return tuple(map(str, names)), "the model's config"
-    indices = run_config.get("bands")
-    if indices is not None and len(indices) == num_bands:
+    names = run_config.get("band_names")
+    if names and len(names) == num_bands and not is_placeholder(names):
+        return tuple(map(str, names)), "the run's run.json"
+    indices = run_config.get("bands_used", run_config.get("bands"))
+    if indices is None and "bands" in run_config and num_bands == len(_OLD_DEFAULT_CHANNELS):
+        indices = _OLD_DEFAULT_CHANNELS  # a run folder of a version whose default was the original work's bands
+    if isinstance(indices, (list, tuple)) and len(indices) == num_bands:
         try:
             return tuple(HKH_CHANNELS[int(i)] for i in indices), "the run's config.json bands"
         except (IndexError, TypeError, ValueError):

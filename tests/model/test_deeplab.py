@@ -29,7 +29,7 @@ STATS = {
 
 
 def expected_torch_paths() -> list[str]:
-    """Every weighted module path of the PyTorch twin, written out from SPEC.md's layout."""
+    """Every weighted module path of the PyTorch twin, written out from the README's architecture diagram."""
     paths = ["normalize", "backbone.conv1", "backbone.bn1"]
     # (stage, blocks, block 0 has a downsample) of torchvision's ResNet-34
     for stage, blocks, downsample in (("layer1", 3, False), ("layer2", 4, True), ("layer3", 6, True),
