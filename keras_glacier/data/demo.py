@@ -10,7 +10,7 @@ The point is data that behaves like the real problem, not pretty pictures:
 * topographic shading multiplies all reflective bands, so sunlit rock and shaded ice overlap in
   brightness;
 * the result is that no single band separates glacier from background by a threshold (the best one
-  stays far from a good MCC, see ``tests/test_data_demo.py``), while a multi-band rule does clearly
+  stays far from a good MCC, see ``tests/data/test_demo.py``), while a multi-band rule does clearly
   better and spatial context (debris tongues below clean ice) helps further;
 * shapes are smooth (FFT low-pass filtered noise), tiles of one scene overlap their neighbours and
   scenes differ, so a split by scene is meaningful;

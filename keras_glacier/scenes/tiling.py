@@ -9,7 +9,7 @@ column windows (the horizontal sums do not depend on ``i``). So the scene is nev
 strip is read, predicted, blended into a carry-over of the overlap rows, and the rows no later
 strip touches are handed on, finished. The window grid is the whole scene's (starts from
 ``window_starts`` over the padded height), so the result is the same as predicting the scene in
-one piece (tests/test_scenes.py checks it).
+one piece (tests/scenes/test_scenes.py checks it).
 """
 
 from __future__ import annotations

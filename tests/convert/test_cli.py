@@ -26,7 +26,7 @@ from convert.name_map import keras_to_torch_state_dict, torch_to_keras
 from convert.parity import randomize_weights
 from keras_glacier.model import build_deeplab
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 STATS = {"lo": [0.0, 10.0, 20.0], "hi": [100.0, 200.0, 400.0], "mean": [0.4, 0.5, 0.6], "std": [0.2, 0.25, 0.3]}
 NUM_PARAMETERS = 25.6e6  # README, "Architecture": ~25.6M (3 bands, reduction 8 changes it by well under 1%)
 
