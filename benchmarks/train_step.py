@@ -46,17 +46,12 @@ from benchmarks.common import (
     spread,
     timed,
 )
+from convert.parity import PROBE_STATS as STATS
 from keras_glacier.constants import IGNORE_INDEX
 
 DEFAULT_SETTINGS = ((4, 256), (2, 512))
 QUICK_SETTINGS = ((2, 64),)  # batch >= 2: torch BatchNorm rejects one value per channel (ASPP pool)
 NUM_BANDS = 5
-STATS = {
-    "lo": [120.0, 300.0, 80.0, 900.0, 10.0],
-    "hi": [4000.0, 5200.0, 6100.0, 7000.0, 900.0],
-    "mean": [0.4, 0.5, 0.45, 0.3, 0.6],
-    "std": [0.2, 0.3, 0.25, 0.1, 0.2],
-}
 LEARNING_RATE = 1e-4
 WEIGHT_DECAY = 1e-4
 ALPHA = 0.5  # BceDiceLoss default

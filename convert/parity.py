@@ -15,6 +15,15 @@ import numpy as np
 from convert.export import probe_batch
 from convert.name_map import iter_weighted_layers, variable_value
 
+#: Band statistics for parity probes and benchmarks: raw reflectance-like units, unequal per band, so
+#: that normalisation is exercised (one definition for the tests and benchmarks that compare frameworks).
+PROBE_STATS = {
+    "lo": [120.0, 300.0, 80.0, 900.0, 10.0],
+    "hi": [4000.0, 5200.0, 6100.0, 7000.0, 900.0],
+    "mean": [0.4, 0.5, 0.45, 0.3, 0.6],
+    "std": [0.2, 0.3, 0.25, 0.1, 0.2],
+}
+
 
 def _relu(array: np.ndarray) -> np.ndarray:
     return np.maximum(array, 0.0)

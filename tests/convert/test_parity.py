@@ -25,17 +25,11 @@ from convert.name_map import (
     torch_to_keras,
     variable_value,
 )
+from convert.parity import PROBE_STATS as STATS
 from convert.parity import STAGES, randomize_weights, stage_differences
 from convert.pretrained import load_torchvision_resnet34
 from keras_glacier.model import build_deeplab
 
-#: Band statistics in raw reflectance-like units, unequal per band.
-STATS = {
-    "lo": [120.0, 300.0, 80.0, 900.0, 10.0],
-    "hi": [4000.0, 5200.0, 6100.0, 7000.0, 900.0],
-    "mean": [0.4, 0.5, 0.45, 0.3, 0.6],
-    "std": [0.2, 0.3, 0.25, 0.1, 0.2],
-}
 LOGIT_TOLERANCE = 1e-4
 #: Intermediate stages are compared relative to their own magnitude (they reach tens to hundreds).
 STAGE_RELATIVE_TOLERANCE = 1e-5

@@ -22,14 +22,9 @@ from keras_glacier.losses import BceDiceLoss
 from keras_glacier.metrics import segmentation_metrics
 from keras_glacier.model import GlacierDeepLab, build_deeplab
 from tests.model.harness import KERNEL_MARK
+from convert.parity import PROBE_STATS as STATS
 
 REPO = Path(__file__).resolve().parents[2]
-STATS = {
-    "lo": [120.0, 300.0, 80.0, 900.0, 10.0],
-    "hi": [4000.0, 5200.0, 6100.0, 7000.0, 900.0],
-    "mean": [0.4, 0.5, 0.45, 0.3, 0.6],
-    "std": [0.2, 0.3, 0.25, 0.1, 0.2],
-}
 STAGE_RELATIVE_TOLERANCE = 1e-5
 
 pytestmark = pytest.mark.filterwarnings(
