@@ -22,16 +22,11 @@ import torch
 
 from convert.export import build_torch_module, model_config, probe_batch
 from convert.name_map import keras_to_torch_state_dict
+from convert.parity import PROBE_STATS as STATS
 from convert.parity import randomize_weights, stage_differences
 from keras_glacier.model import build_deeplab
 
 DEFAULT_SIZES = (64, 256, 512)
-STATS = {
-    "lo": [120.0, 300.0, 80.0, 900.0, 10.0],
-    "hi": [4000.0, 5200.0, 6100.0, 7000.0, 900.0],
-    "mean": [0.4, 0.5, 0.45, 0.3, 0.6],
-    "std": [0.2, 0.3, 0.25, 0.1, 0.2],
-}
 
 
 def run(sizes=DEFAULT_SIZES, seed: int = 0) -> list[dict]:
