@@ -324,13 +324,19 @@ def predict_probabilities(
     forward: Forward,
     images: Sequence[np.ndarray],
     tta: bool = True,
-    window: int = 1024,
-    overlap: int = 128,
-    batch_size: int = 4,
+    window: int | None = None,
+    overlap: int | None = None,
+    batch_size: int | None = None,
 ) -> list[np.ndarray]:
-    """``solution.predict_tiles`` with the network's stride: float32 (H, W) or (H, W, K) per image."""
-    return solution_module().predict_tiles(
-        forward, images, tta=tta, window=window, overlap=overlap, batch_size=batch_size, multiple=OUTPUT_STRIDE
+    """``solution.predict_tiles`` with the network's stride: float32 (H, W) or (H, W, K) per image.
+
+    ``window``/``overlap``/``batch_size`` left at None take ``solution.py``'s defaults (their one definition).
+    """
+    solution = solution_module()
+    return solution.predict_tiles(
+        forward, images, tta=tta, window=solution.DEFAULT_WINDOW if window is None else window,
+        overlap=solution.DEFAULT_OVERLAP if overlap is None else overlap,
+        batch_size=solution.DEFAULT_BATCH_SIZE if batch_size is None else batch_size, multiple=OUTPUT_STRIDE,
     )
 
 
@@ -351,11 +357,6 @@ def make_folder(folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InputError(f"{folder}: cannot create the folder ({type(exc).__name__}: {exc})") from exc
-
-
-def user_errors() -> tuple[type[Exception], ...]:
-    """The exception types that mean "the user's input is wrong": CLIs print them in one line, exit 2."""
-    return InputError, solution_module().InputError
 
 
 def bands_argument(text: str) -> tuple[int, ...]:

@@ -75,15 +75,12 @@ class Segmenter:
                 window: int | None = None, overlap: int | None = None, batch_size: int | None = None):
         """Glacier probabilities (N, H, W) of raw band images (N, H, W, bands), or labels with ``return_labels``.
 
+        A multi-class model gives class probabilities (N, H, W, K), and class indices as labels.
+
         Tiles of any size are cut into overlapping windows (``solution.py``'s defaults); ``tta``
         averages the four flips. A list of differently sized images gives a list of maps.
         """
-        from keras_glacier.inference import keras_forward, predict_probabilities, solution_module
-
-        solution = solution_module()
-        window = solution.DEFAULT_WINDOW if window is None else window
-        overlap = solution.DEFAULT_OVERLAP if overlap is None else overlap
-        batch_size = solution.DEFAULT_BATCH_SIZE if batch_size is None else batch_size
+        from keras_glacier.inference import keras_forward, predict_probabilities
         single = isinstance(images, np.ndarray) and images.ndim == 3
         batch = [images] if single else list(images)
         for image in batch:
@@ -93,8 +90,9 @@ class Segmenter:
             self._forward = keras_forward(self.model)
         maps = predict_probabilities(self._forward, [np.asarray(i, np.float32) for i in batch], tta, window,
                                      overlap, batch_size)
-        if return_labels:
-            maps = [(m > self.threshold).astype(np.uint8) for m in maps]
+        if return_labels:  # binary: glacier above the threshold; multi-class: the most probable class index
+            maps = [(m > self.threshold).astype(np.uint8) if m.ndim == 2 else m.argmax(-1).astype(np.uint8)
+                    for m in maps]
         if single:
             return maps[0]
         if len({m.shape for m in maps}) == 1:
