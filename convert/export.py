@@ -26,6 +26,7 @@ from convert.name_map import (
     torch_to_keras,
     variable_value,
 )
+from keras_glacier.errors import InputError
 
 #: The competition's upper bound on the weights file.
 MAX_BYTES = 200_000_000
@@ -43,8 +44,8 @@ PROBE_SHAPE = (2, 64, 64)
 PROBE_SEED = 1234
 
 
-class ConversionInputError(ValueError):
-    """A user mistake (missing file, not a Keras model): reported as one line, no traceback."""
+class ConversionInputError(InputError):
+    """A user mistake in what convert is given: reported as one line, no traceback (keras_glacier.cli)."""
 
 
 @dataclass(frozen=True)
@@ -91,25 +92,16 @@ class ConversionReport:
 
 def resolve_keras_path(source: str | os.PathLike) -> Path:
     """``RUN_DIR`` -> ``RUN_DIR/model.keras``; checks the file exists and is a .keras archive."""
-    path = Path(source)
-    if path.is_dir():
-        path = path / "model.keras"
-    if not path.exists():
-        raise ConversionInputError(f"{path}: no such file")
-    if not path.is_file() or path.suffix != ".keras":
-        raise ConversionInputError(f"{path}: not a .keras model file (give a run folder or a .keras file)")
-    return path
+    from keras_glacier.inference import resolve_model_path
+
+    return resolve_model_path(source)
 
 
 def load_keras_model(source: str | os.PathLike) -> keras.Model:
-    path = resolve_keras_path(source)
-    import keras_glacier.model  # noqa: F401  (registers the custom layers for deserialisation)
+    """The Keras model of a run folder or ``.keras`` file, through the package's one loader."""
+    from keras_glacier.inference import load_run
 
-    try:
-        return keras.saving.load_model(path, compile=False)
-    except Exception as exc:  # zip, JSON and deserialisation errors all mean "not a usable model"
-        reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
-        raise ConversionInputError(f"{path}: cannot load as a Keras model ({reason})") from exc
+    return load_run(source).model
 
 
 def build_torch_module(config: dict):

@@ -2,9 +2,9 @@
 
 Every entry point (``train``, ``predict``, ``evaluate``, ``convert``) wraps its job in :func:`run`.
 What counts as the user's fault is decided here, once: :class:`keras_glacier.errors.GlacierError`
-and its subclasses, plus two types that live where this package cannot reach into their class
-tree: ``solution.InputError`` (``solution.py`` imports nothing from this package) and convert's
-``ConversionInputError``. A ``convert.ConversionError`` (the weights did not map or the exported
+and its subclasses (convert's ``ConversionInputError`` among them), plus the one type that lives where
+this package cannot reach into its class tree: ``solution.InputError`` (``solution.py`` imports nothing
+from this package). A ``convert.ConversionError`` (the weights did not map or the exported
 file did not reproduce the Keras logits) is not the user's input but not a crash either: one
 line, exit status 1, as ``python -m convert`` has always answered. Everything else propagates
 with its traceback, because it is a bug.
@@ -31,16 +31,13 @@ CONVERSION_STATUS = 1
 def user_error_types() -> tuple[type[BaseException], ...]:
     """Exception types meaning "the user's input is wrong" (exit 2).
 
-    ``solution`` and ``convert`` are looked up only if already imported: an exception of their
-    type cannot exist otherwise, and importing them here would pull torch into every command.
+    ``solution`` is looked up only if already imported: an exception of its type cannot exist
+    otherwise, and importing it here would pull torch into every command.
     """
     types: list[type[BaseException]] = [GlacierError]
     solution = sys.modules.get("solution")
     if solution is not None and hasattr(solution, "InputError"):
         types.append(solution.InputError)
-    export = sys.modules.get("convert.export")
-    if export is not None and hasattr(export, "ConversionInputError"):
-        types.append(export.ConversionInputError)
     return tuple(types)
 
 

@@ -192,14 +192,15 @@ def test_missing_path_is_a_one_line_error_from_the_real_entry_point(tmp_path):
         timeout=120,
     )
     assert result.returncode == 2
-    assert _one_error_line(result.stderr) == f"error: {tmp_path / 'nowhere'}: no such file"
+    expected = f"error: {tmp_path / 'nowhere'}: model not found (give a run folder or a .keras file)"
+    assert _one_error_line(result.stderr) == expected
     assert result.stdout == ""
 
 
 @pytest.mark.parametrize(
     ("make", "message"),
     [
-        (lambda d: d, "model.keras: no such file"),
+        (lambda d: d, "no model.keras in this run folder"),
         (lambda d: (d / "notes.txt").write_text("x") and d / "notes.txt", "not a .keras model file"),
         (lambda d: (d / "broken.keras").write_text("x") and d / "broken.keras", "cannot load as a Keras model"),
     ],
