@@ -22,6 +22,7 @@ import keras_glacier  # noqa: F401  (selects the JAX backend before keras is imp
 from keras_glacier.constants import OUTPUT_STRIDE
 from keras_glacier.data.errors import InputError
 from keras_glacier.data.sources import NPY, DatasetSource, Sample, read_sample
+from keras_glacier.shared import shared, solution_module  # noqa: F401  (re-exported for the jobs)
 from keras_glacier.training.run_folder import CONFIG_FILE, RUN_FILE
 
 MODEL_FILE = "model.keras"
@@ -30,22 +31,6 @@ STATS_FILE = "stats.json"
 #: solution.Forward: float32 (N, H, W, C) raw bands -> glacier probabilities (N, H, W) (binary model)
 #: or class probabilities (N, H, W, K) (K-class model).
 Forward = Callable[[np.ndarray], np.ndarray]
-
-
-def solution_module():
-    """``solution.py`` (repo root), imported when first needed because it imports torch."""
-    import solution
-
-    return solution
-
-
-def shared(function_name: str, *args, **kwargs):
-    """Call a ``solution.py`` helper, re-raising its InputError as ours (one type for CLIs to catch)."""
-    solution = solution_module()
-    try:
-        return getattr(solution, function_name)(*args, **kwargs)
-    except solution.InputError as exc:
-        raise InputError(str(exc)) from exc
 
 
 @dataclass(frozen=True)

@@ -55,6 +55,7 @@ from keras_glacier.data.layouts import (
     resolve_layout,
 )
 from keras_glacier.data.npyfile import load_npy, npy_layout
+from keras_glacier.shared import shared, solution_module
 
 # The npy readers kept their old private names here too.
 _load_npy, _npy_layout = load_npy, npy_layout
@@ -136,22 +137,6 @@ class DatasetSource:
         return self.select_bands(bands).indices
 
 
-def _solution():
-    """``solution.py`` (repo root), imported on first use: it imports torch, which npy users never need."""
-    import solution
-
-    return solution
-
-
-def _shared(function_name: str, *args):
-    """Call a helper of ``solution.py``, re-raising its InputError as ours (one type for callers)."""
-    solution = _solution()
-    try:
-        return getattr(solution, function_name)(*args)
-    except solution.InputError as exc:
-        raise InputError(str(exc)) from exc
-
-
 def tile_scene_id(tile_id: str) -> str:
     """``02_07`` -> ``02``; ``001`` -> ``001``; ``a_b`` -> ``a_b`` (see the module docstring)."""
     parts = [part for part in _ID_SEPARATORS.split(tile_id) if part]
@@ -180,7 +165,7 @@ def discover(root: str | os.PathLike, task: str = "binary", mask_layout: str = "
     if any(_SLICE_RE.match(name) for name in entries):
         return _discover_npy(root, entries, task, mask_layout)
     subfolders = [name for name in entries if (root / name).is_dir()]
-    if subfolders and any(_solution().band_number(name) is not None for name in subfolders):
+    if subfolders and any(solution_module().band_number(name) is not None for name in subfolders):
         return _discover_band_folders(root, entries, task)
     shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
     raise InputError(
@@ -251,12 +236,12 @@ def _npy_band_names(samples: Sequence[Sample]) -> tuple[str, ...]:
 
 
 def _discover_band_folders(root: Path, entries: list[str], task: str) -> DatasetSource:
-    band_dirs = _shared("resolve_band_dirs", root)
+    band_dirs = shared("resolve_band_dirs", root)
     label_dirs = [name for name in entries if name.lower() in LABEL_FOLDER_NAMES and (root / name).is_dir()]
     if len(label_dirs) > 1:
         raise InputError(f"{root}: several label folders ({', '.join(label_dirs)}); keep one")
     label_dir = str(root / label_dirs[0]) if label_dirs else None
-    tiles = _shared("match_tiles", band_dirs, label_dir)
+    tiles = shared("match_tiles", band_dirs, label_dir)
     samples = tuple(
         Sample(
             sample_id=tile.tile_id,
@@ -350,19 +335,19 @@ def _read_npy(sample: Sample, bands: tuple[int, ...], window: WindowSpec) -> tup
 def _read_tiff(
     sample: Sample, bands: tuple[int, ...], window: WindowSpec
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    solution = _solution()
+    solution = solution_module()
     if max(bands) >= len(sample.image_paths):
         raise InputError(
             f"{sample.image_paths[0]}: the tile has {len(sample.image_paths)} band folders, "
             f"bands {list(bands)} index beyond them"
         )
     tile = solution.Tile(sample.sample_id, sample.name, [sample.image_paths[b] for b in bands], sample.label_path)
-    full = _shared("read_tile_bands", tile)
+    full = shared("read_tile_bands", tile)
     rows, cols = _window(window, full.shape[:2])
     image = np.ascontiguousarray(full[rows, cols])
     if sample.label_path is None:
         return image, None
-    label = band_folder_label(_shared("read_band", sample.label_path), sample.task, source=sample.label_path)
+    label = band_folder_label(shared("read_band", sample.label_path), sample.task, source=sample.label_path)
     if label.shape != full.shape[:2]:
         raise InputError(
             f"{sample.label_path}: label size {label.shape} differs from {sample.image_paths[0]} "
