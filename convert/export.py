@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from convert.name_map import (
     variable_value,
 )
 from keras_glacier.errors import InputError
+from keras_glacier.fileio import atomic_write
 
 #: The competition's upper bound on the weights file.
 MAX_BYTES = 200_000_000
@@ -232,23 +232,19 @@ def _save_atomically_verified(content: dict, out_path: Path, verify_file) -> int
     """Writes to a temporary sibling, lets ``verify_file`` inspect it, then renames it into place."""
     import torch
 
-    # A fresh sibling name (not mkstemp, whose 0600 mode would carry over to the published file).
-    tmp = out_path.with_name(f".{out_path.name}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
+    def write_and_check(tmp: str) -> None:
         torch.save(content, tmp)
-        size = tmp.stat().st_size
+        size = os.path.getsize(tmp)
         if size > MAX_BYTES:
             raise ConversionError(
                 f"{out_path}: not written: it would be {size / 1e6:.1f} MB, "
                 f"over the {MAX_BYTES / 1e6:.0f} MB limit"
                 + (" even in float16" if _is_half(content) else "")
             )
-        verify_file(tmp)
-        os.replace(tmp, out_path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return size
+        verify_file(Path(tmp))
+
+    atomic_write(out_path, write_and_check)
+    return out_path.stat().st_size
 
 
 def _is_half(content: dict) -> bool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,12 +21,14 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> Path:
 
     The temporary file sits next to ``path`` (same file system, so the rename is atomic), is
     hidden (leading dot) and keeps the suffix, so writers that add an extension (``np.save``) or
-    pick a format from it (``tifffile``) behave as for the final name.
+    pick a format from it (``tifffile``) behave as for the final name. Its name is fresh rather
+    than made by ``mkstemp``, whose 0600 mode would carry over to the published file; ``write``
+    creates it with the process's usual permissions. ``write`` may also check what it wrote and
+    raise: nothing is then published.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
+    tmp = str(path.with_name(f".{path.stem}.{uuid.uuid4().hex[:12]}{path.suffix}"))
     try:
         write(tmp)
         os.replace(tmp, path)
