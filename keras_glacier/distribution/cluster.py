@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass
 
 import keras_glacier  # noqa: F401  (selects the JAX backend before keras is used)
+from keras_glacier.errors import UsageError
 
 ENV_ADDRESSES = "KERAS_DISTRIBUTION_JOB_ADDRESSES"
 ENV_NUM_PROCESSES = "KERAS_DISTRIBUTION_NUM_PROCESSES"
@@ -30,8 +31,9 @@ DEFAULT_TIMEOUT_S = 300.0
 _PROBE_INTERVAL_S = 0.5
 
 
-class DistributionError(ValueError):
-    """The multi-process set-up is wrong (flags, addresses, sizes); the message is one line."""
+class DistributionError(UsageError):
+    """The multi-process set-up is wrong (flags, addresses, sizes); the message is one line, and the
+    command-line runner prints it as ``error: ...`` with exit status 2, like every other usage error."""
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,10 @@
 """``python -m keras_glacier.train``: the command line, derived from :class:`TrainConfig`'s fields.
 
 Each field is one flag (its name, type, choices and help from the field), so the flags and the
-config cannot drift apart. Three flags are not settings of the run but of this invocation:
-``--resume``, ``--overwrite`` and ``--malloc`` (:data:`INVOCATION_FLAGS`).
+config cannot drift apart. Some flags are not settings of the run but of this invocation
+(:data:`INVOCATION_FLAGS`): ``--resume``, ``--overwrite``, ``--malloc``, and the flags that join a
+job of several processes (``--coordinator``, ``--num-processes``, ``--process-id`` differ per
+process, so they cannot be saved settings that every process checks for equality).
 
 Flags default to None in the parser so that "given" can be told from "left at its default":
 ``--resume`` takes the saved settings of the run and only accepts the fields of ``RESUMABLE``.
@@ -21,7 +23,10 @@ from keras_glacier.memory import ALLOCATORS
 from keras_glacier.training.config import RESUMABLE, TrainConfig, flag_of, parse_threshold
 
 #: Flags that are about this invocation, not settings saved with the run.
-INVOCATION_FLAGS = ("resume", "overwrite", "malloc")
+INVOCATION_FLAGS = ("resume", "overwrite", "malloc", "coordinator", "num_processes", "process_id",
+                    "coordinator_timeout")
+#: The flags that make :func:`run_job` join a job of several processes.
+CLUSTER_FLAGS = ("coordinator", "num_processes", "process_id")
 
 
 def _threshold_argument(text: str):
@@ -77,7 +82,40 @@ def build_parser() -> argparse.ArgumentParser:
                         help="'reuse' (default): on Linux, restart once with glibc set to keep freed memory "
                         "(keras_glacier.memory), which makes CPU training steps 10-20%% faster and keeps the "
                         "peak heap until exit; 'default': run under the allocator settings as started")
+    from keras_glacier.distribution.cluster import DEFAULT_TIMEOUT_S
+
+    cluster = parser.add_argument_group(
+        "several processes (data parallelism over all their devices; run the same command on every "
+        "process, each with its own --process-id; process 0 writes the run folder)")
+    cluster.add_argument("--coordinator", metavar="HOST:PORT|auto",
+                         help="address of process 0, where the job's coordinator listens (the same on every "
+                         "process); 'auto': join the cluster jax detects (Cloud TPU pod slice, SLURM srun, "
+                         "Open MPI, Kubernetes). Keras' KERAS_DISTRIBUTION_JOB_ADDRESSES / _NUM_PROCESSES / "
+                         "_PROCESS_ID variables work as well")
+    cluster.add_argument("--num-processes", type=int, metavar="N", help="number of processes in the job")
+    cluster.add_argument("--process-id", type=int, metavar="I", help="this process's index, 0..N-1")
+    cluster.add_argument("--coordinator-timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="S",
+                         help="seconds to wait for the coordinator and for all processes to join "
+                         f"(default {DEFAULT_TIMEOUT_S:g})")
     return parser
+
+
+def wants_cluster(args: argparse.Namespace, environ=None) -> bool:
+    """Whether this invocation joins a job of several processes: a cluster flag was given or Keras'
+    ``KERAS_DISTRIBUTION_*`` variables are set.
+
+    Without them nothing is joined, not even a cluster jax could detect: detection queries the
+    metadata server on TPU VMs, imports (or warns about) the ``kubernetes`` package in any pod, and
+    would make a plain command in a SLURM batch script of several tasks wait for tasks that were
+    never started. ``--coordinator auto`` asks for that detection explicitly.
+    """
+    import os
+
+    from keras_glacier.distribution.cluster import ENV_ADDRESSES, ENV_NUM_PROCESSES, ENV_PROCESS_ID
+
+    environ = os.environ if environ is None else environ
+    return (any(getattr(args, name) is not None for name in CLUSTER_FLAGS)
+            or any(environ.get(name, "").strip() for name in (ENV_ADDRESSES, ENV_NUM_PROCESSES, ENV_PROCESS_ID)))
 
 
 def given_settings(args: argparse.Namespace) -> dict:
@@ -107,7 +145,13 @@ def run_job(argv: Sequence[str] | None = None) -> int:
     from keras_glacier.training.fit import train
 
     args = build_parser().parse_args(argv)
-    train(config_from_args(args), resume=args.resume, overwrite=args.overwrite)
+    config = config_from_args(args)
+    if wants_cluster(args):  # before anything touches a jax device
+        from keras_glacier import distribution
+
+        distribution.initialize(args.coordinator, args.num_processes, args.process_id,
+                                timeout_s=args.coordinator_timeout)
+    train(config, resume=args.resume, overwrite=args.overwrite)
     return 0
 
 
