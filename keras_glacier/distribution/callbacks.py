@@ -117,6 +117,10 @@ class ChiefOnly(keras.callbacks.Callback):
     running it :func:`outside_distribution`: saving or predicting with the distributed model would be
     collectives that process 0 alone cannot complete. Callbacks that change training (EarlyStopping,
     BackupAndRestore below) run on every process instead.
+
+    The copy is made once and refreshed with the current weights at each hook (:meth:`local_model`):
+    a new copy per epoch would be a new model whose prediction function is traced and compiled again
+    every epoch, while the other processes wait.
     """
 
     HOOKS = ("on_train_begin", "on_train_end", "on_epoch_begin", "on_epoch_end")
@@ -124,6 +128,17 @@ class ChiefOnly(keras.callbacks.Callback):
     def __init__(self, callback: keras.callbacks.Callback) -> None:
         super().__init__()
         self.callback = callback
+        self._copy = None
+
+    def local_model(self):
+        """This wrapper's local copy of the model, holding the distributed model's current weights."""
+        if self._copy is None:
+            self._copy = local_copy(self.model)
+        else:
+            weights = [np.asarray(w) for w in self.model.get_weights()]  # replicated: this process's copy
+            with outside_distribution():
+                self._copy.set_weights(weights)
+        return self._copy
 
     def set_params(self, params):
         super().set_params(params)
@@ -132,8 +147,7 @@ class ChiefOnly(keras.callbacks.Callback):
     def _forward(self, hook: str, *args, **kwargs):
         if not is_chief():
             return
-        copy = local_copy(self.model)
-        self.callback.set_model(copy)
+        self.callback.set_model(self.local_model())
         with outside_distribution():
             getattr(self.callback, hook)(*args, **kwargs)
 

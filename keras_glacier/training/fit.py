@@ -272,10 +272,10 @@ def train_one(config: TrainConfig, run_dir: Path, resume: bool, extra_callbacks:
     metrics = {key: float(scores[key]) for key in BINARY_METRICS if key in scores}
     if not chief:  # the threshold, the model files and the figures are process 0's
         return RunResult(run_dir, config, metrics)
-    model, writing = parallel.chief_model(model)
+    figures = next(c for c in callbacks if isinstance(parallel.unwrap(c), FigureWriter))
+    model, writing = parallel.chief_model(model, figures)
     with writing:
-        return finish_run(config, run_dir, model, val_seq, metrics, len(val),
-                          next(parallel.unwrap(c) for c in callbacks if isinstance(parallel.unwrap(c), FigureWriter)))
+        return finish_run(config, run_dir, model, val_seq, metrics, len(val), parallel.unwrap(figures))
 
 
 def finish_run(config: TrainConfig, run_dir: Path, model, val_seq, metrics: dict, val_tiles: int,

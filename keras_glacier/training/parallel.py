@@ -114,9 +114,11 @@ def load_best(model, path: Path) -> None:
     distribution.load_weights_from_chief(model, path)
 
 
-def chief_model(model):
+def chief_model(model, wrapper=None):
     """(model to save, context to use it in) for process 0's writing: the model itself without a
-    distribution; a local copy outside the distribution with one."""
+    distribution; with one, a local copy outside the distribution (``wrapper``'s, a ChiefOnly that
+    already predicted with its copy, so that its compiled prediction function is reused)."""
     if not distributed():
         return model, contextlib.nullcontext()
-    return distribution.local_copy(model), distribution.outside_distribution()
+    copy = wrapper.local_model() if isinstance(wrapper, distribution.ChiefOnly) else distribution.local_copy(model)
+    return copy, distribution.outside_distribution()

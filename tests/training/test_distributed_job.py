@@ -51,6 +51,11 @@ def read(folder, name):
     return json.loads((folder / name).read_text())
 
 
+def history(run):
+    with open(run / "history.csv") as fh:
+        return list(csv.DictReader(fh))
+
+
 def check_complete_run(run):
     for name in COMPLETE:
         assert (run / name).is_file(), name
@@ -58,8 +63,7 @@ def check_complete_run(run):
     metrics = read(run, "metrics.json")
     assert math.isfinite(metrics["mcc"]) and -1.0 <= metrics["mcc"] <= 1.0, metrics
     assert 0 < metrics["threshold"] < 1 and math.isfinite(metrics["threshold_mcc"])
-    with open(run / "history.csv") as fh:
-        rows = list(csv.DictReader(fh))
+    rows = history(run)
     assert [int(r["epoch"]) for r in rows] == [0] and math.isfinite(float(rows[0]["val_mcc"]))
     split = read(run, "split.json")
     assert split["train_scenes"] and split["val_scenes"]
@@ -79,11 +83,17 @@ def test_two_processes_train_and_process_0_alone_writes_the_run(jobs):
 
 
 def test_one_process_data_parallel_trains_through_the_same_path(jobs):
-    _, single, _ = jobs
+    hosts, single, _ = jobs
     run = single / "run"
     check_complete_run(run)
     facts = read(run, "run.json")
     assert facts["devices"] == 2 and "processes" not in facts
+    # Same data, seed and global batch: the 2-process job computed the same steps (up to the order of
+    # the sums over 4 devices instead of 2), so its losses agree; another share or a per-process
+    # validation set would not.
+    one, two = history(run)[0], history(hosts[0] / "run")[0]
+    for key in ("loss", "val_loss", "val_r2"):
+        assert float(two[key]) == pytest.approx(float(one[key]), rel=5e-3), key
 
 
 def test_a_global_batch_the_devices_cannot_split_is_refused_on_every_process(tmp_path):
