@@ -172,3 +172,32 @@ def test_precision_auto_is_float32_on_cpu():
     from keras_glacier.training.fit import resolve_precision
 
     assert resolve_precision("auto") == "float32" and resolve_precision("mixed_float16") == "mixed_float16"
+
+
+def test_cluster_flags_are_invocation_flags_and_only_they_or_keras_variables_join_a_job():
+    from keras_glacier.distribution import DEFAULT_TIMEOUT_S, ENV_ADDRESSES, ENV_NUM_PROCESSES
+    from keras_glacier.training.cli import wants_cluster
+
+    plain = build_parser().parse_args([])
+    assert plain.coordinator_timeout == DEFAULT_TIMEOUT_S
+    assert not wants_cluster(plain, environ={})
+    assert not wants_cluster(plain, environ={ENV_ADDRESSES: " "})  # set but empty: nothing to join
+    assert wants_cluster(plain, environ={ENV_NUM_PROCESSES: "2"})
+    args = build_parser().parse_args(["--coordinator", "10.0.0.1:1234", "--num-processes", "2", "--process-id", "1",
+                                      "--coordinator-timeout", "30", "--epochs", "3"])
+    assert wants_cluster(args, environ={}) and (args.num_processes, args.process_id) == (2, 1)
+    assert config_from_args(args) == TrainConfig(epochs=3)  # not settings: every process has its own id
+    assert wants_cluster(build_parser().parse_args(["--coordinator", "auto"]), environ={})
+
+
+def test_distribution_errors_are_usage_errors_reported_in_one_line(capsys):
+    from keras_glacier.distribution import DistributionError, check_global_batch
+
+    assert issubclass(DistributionError, UsageError)
+
+    def job(argv):
+        check_global_batch(6, num_devices=4, num_processes=2)
+
+    assert cli.run(job, []) == 2
+    assert capsys.readouterr().err == "error: global batch size 6 is not a multiple of the 4 devices (2 processes): " \
+                                      "use e.g. 4 or 8\n"
