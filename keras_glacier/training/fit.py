@@ -197,6 +197,12 @@ def train(config: TrainConfig | None = None, *, resume: bool = False, overwrite:
     settings must match (only ``epochs`` and ``workers`` may change: take the config from
     ``TrainConfig.from_run(out)``). ``overwrite=True`` replaces a run already in ``config.out``.
     ``callbacks`` are extra Keras callbacks (after the run's own).
+
+    Several processes (machines): call ``keras_glacier.distribution.initialize(coordinator,
+    num_processes, process_id)`` on each first, before anything touches a jax device, then
+    ``train(config)`` with the same config on each. Every process trains on its share of each global
+    ``batch_size`` batch over one data-parallel mesh of all devices; process 0 alone writes the run
+    folder and returns the full result, the others return the validation scores only.
     """
     config = TrainConfig(**settings) if config is None else dataclasses.replace(config, **settings)
     config.check_paths()
