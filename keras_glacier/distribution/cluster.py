@@ -85,11 +85,15 @@ def detected_cluster() -> str | None:
         from jax._src.clusters import ClusterEnv
     except ImportError:  # pragma: no cover - jax moved its private module; fall back to SLURM only
         return "SlurmCluster" if int(os.environ.get("SLURM_NTASKS", "1")) > 1 else None
+    import warnings
+
     for env in ClusterEnv._cluster_types:
         if getattr(env, "opt_in_only_method", False):
             continue
         try:
-            present = env.is_env_present()
+            with warnings.catch_warnings():  # jax's "install jax[k8s]" advice in any pod of a plain run
+                warnings.simplefilter("ignore")
+                present = env.is_env_present()
         except Exception:  # a detector that cannot even look (no metadata server, no package)
             present = False
         if not present:

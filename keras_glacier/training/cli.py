@@ -25,8 +25,8 @@ from keras_glacier.training.config import RESUMABLE, TrainConfig, flag_of, parse
 #: Flags that are about this invocation, not settings saved with the run.
 INVOCATION_FLAGS = ("resume", "overwrite", "malloc", "coordinator", "num_processes", "process_id",
                     "coordinator_timeout")
-#: The flags that make :func:`run_job` join a job of several processes.
-CLUSTER_FLAGS = ("coordinator", "num_processes", "process_id")
+#: ``--coordinator none``: do not look for a cluster (a plain single-process run wherever it runs).
+NO_CLUSTER = "none"
 
 
 def _threshold_argument(text: str):
@@ -87,35 +87,18 @@ def build_parser() -> argparse.ArgumentParser:
     cluster = parser.add_argument_group(
         "several processes (data parallelism over all their devices; run the same command on every "
         "process, each with its own --process-id; process 0 writes the run folder)")
-    cluster.add_argument("--coordinator", metavar="HOST:PORT|auto",
+    cluster.add_argument("--coordinator", metavar="HOST:PORT|auto|none",
                          help="address of process 0, where the job's coordinator listens (the same on every "
-                         "process); 'auto': join the cluster jax detects (Cloud TPU pod slice, SLURM srun, "
-                         "Open MPI, Kubernetes). Keras' KERAS_DISTRIBUTION_JOB_ADDRESSES / _NUM_PROCESSES / "
-                         "_PROCESS_ID variables work as well")
+                         "process). Without it, Keras' KERAS_DISTRIBUTION_JOB_ADDRESSES / _NUM_PROCESSES / "
+                         "_PROCESS_ID variables, else a cluster jax detects (Cloud TPU pod slice, SLURM srun "
+                         "with several tasks, Open MPI, Kubernetes) is joined; 'auto' insists on that detection, "
+                         "'none' skips it (one process, whatever the environment says)")
     cluster.add_argument("--num-processes", type=int, metavar="N", help="number of processes in the job")
     cluster.add_argument("--process-id", type=int, metavar="I", help="this process's index, 0..N-1")
     cluster.add_argument("--coordinator-timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="S",
                          help="seconds to wait for the coordinator and for all processes to join "
                          f"(default {DEFAULT_TIMEOUT_S:g})")
     return parser
-
-
-def wants_cluster(args: argparse.Namespace, environ=None) -> bool:
-    """Whether this invocation joins a job of several processes: a cluster flag was given or Keras'
-    ``KERAS_DISTRIBUTION_*`` variables are set.
-
-    Without them nothing is joined, not even a cluster jax could detect: detection queries the
-    metadata server on TPU VMs, imports (or warns about) the ``kubernetes`` package in any pod, and
-    would make a plain command in a SLURM batch script of several tasks wait for tasks that were
-    never started. ``--coordinator auto`` asks for that detection explicitly.
-    """
-    import os
-
-    from keras_glacier.distribution.cluster import ENV_ADDRESSES, ENV_NUM_PROCESSES, ENV_PROCESS_ID
-
-    environ = os.environ if environ is None else environ
-    return (any(getattr(args, name) is not None for name in CLUSTER_FLAGS)
-            or any(environ.get(name, "").strip() for name in (ENV_ADDRESSES, ENV_NUM_PROCESSES, ENV_PROCESS_ID)))
 
 
 def given_settings(args: argparse.Namespace) -> dict:
@@ -146,7 +129,9 @@ def run_job(argv: Sequence[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     config = config_from_args(args)
-    if wants_cluster(args):  # before anything touches a jax device
+    if args.coordinator != NO_CLUSTER:
+        # Before anything touches a jax device. With no flag, no KERAS_DISTRIBUTION_* variable and no
+        # cluster jax detects, this only reads the environment and returns (a single process).
         from keras_glacier import distribution
 
         distribution.initialize(args.coordinator, args.num_processes, args.process_id,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 
 import pytest
 
@@ -174,20 +175,21 @@ def test_precision_auto_is_float32_on_cpu():
     assert resolve_precision("auto") == "float32" and resolve_precision("mixed_float16") == "mixed_float16"
 
 
-def test_cluster_flags_are_invocation_flags_and_only_they_or_keras_variables_join_a_job():
-    from keras_glacier.distribution import DEFAULT_TIMEOUT_S, ENV_ADDRESSES, ENV_NUM_PROCESSES
-    from keras_glacier.training.cli import wants_cluster
+def test_cluster_flags_are_invocation_flags_and_a_plain_run_joins_nothing(monkeypatch):
+    from keras_glacier.distribution import DEFAULT_TIMEOUT_S, initialize
 
     plain = build_parser().parse_args([])
-    assert plain.coordinator_timeout == DEFAULT_TIMEOUT_S
-    assert not wants_cluster(plain, environ={})
-    assert not wants_cluster(plain, environ={ENV_ADDRESSES: " "})  # set but empty: nothing to join
-    assert wants_cluster(plain, environ={ENV_NUM_PROCESSES: "2"})
+    assert plain.coordinator is None and plain.coordinator_timeout == DEFAULT_TIMEOUT_S
     args = build_parser().parse_args(["--coordinator", "10.0.0.1:1234", "--num-processes", "2", "--process-id", "1",
                                       "--coordinator-timeout", "30", "--epochs", "3"])
-    assert wants_cluster(args, environ={}) and (args.num_processes, args.process_id) == (2, 1)
+    assert (args.coordinator, args.num_processes, args.process_id, args.coordinator_timeout) == (
+        "10.0.0.1:1234", 2, 1, 30.0)
     assert config_from_args(args) == TrainConfig(epochs=3)  # not settings: every process has its own id
-    assert wants_cluster(build_parser().parse_args(["--coordinator", "auto"]), environ={})
+    # What run_job calls on every plain run: no flag, no KERAS_DISTRIBUTION_*, no cluster -> one process.
+    for name in [k for k in os.environ if k.startswith(("KERAS_DISTRIBUTION_", "SLURM_"))]:
+        monkeypatch.delenv(name)
+    info = initialize()
+    assert (info.how, info.process_count, info.process_index) == ("single", 1, 0)
 
 
 def test_distribution_errors_are_usage_errors_reported_in_one_line(capsys):
