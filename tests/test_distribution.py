@@ -266,3 +266,29 @@ def test_install_keeps_an_accelerator_jax():
     extras = project["optional-dependencies"]
     for flavour in ("cpu", "cuda12", "tpu"):
         assert extras[flavour] == [jax_deps[0].replace("jax", f"jax[{flavour}]", 1)]
+
+
+def test_local_copy_keeps_a_model_subclass_and_its_config():
+    """Process 0 saves and exports a local copy: a GlacierDeepLab-like subclass must stay itself (its
+    config carries bands, classes and the decision threshold), not turn into a plain Functional."""
+    import keras
+
+    from keras_glacier.distribution import local_copy
+
+    class Tagged(keras.Model):
+        def __init__(self, tag=0.5, **kwargs):
+            inputs = keras.Input((4,))
+            super().__init__(inputs, keras.layers.Dense(2)(inputs), **kwargs)
+            self.tag = tag
+
+        def get_config(self):
+            return {"tag": self.tag}
+
+        @classmethod
+        def from_config(cls, config):
+            return cls(**config)
+
+    model = Tagged(tag=0.25)
+    copy = local_copy(model)
+    assert type(copy) is Tagged and copy.tag == 0.25 and copy is not model
+    assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), copy.get_weights()))

@@ -72,7 +72,7 @@ def local_copy(model, optimizer: bool = False):
     weights = [np.asarray(w) for w in model.get_weights()]  # replicated: this process's copy
     state = [np.asarray(v.value) for v in model.optimizer.variables] if optimizer and model.optimizer else None
     with outside_distribution():
-        clone = keras.models.clone_model(model)
+        clone = _rebuild(model)
         clone.set_weights(weights)
         if state is not None:
             twin = model.optimizer.__class__.from_config(model.optimizer.get_config())
@@ -81,6 +81,17 @@ def local_copy(model, optimizer: bool = False):
             for variable, value in zip(twin.variables, state):
                 variable.assign(value)
     return clone
+
+
+def _rebuild(model):
+    """The same network, new variables. A subclass (GlacierDeepLab) is rebuilt from its own config:
+    ``clone_model`` would return a plain Functional model, losing the class and what its config
+    carries (bands, classes, statistics, the decision threshold) from the files process 0 saves."""
+    from keras.src.models.functional import Functional
+
+    if type(model) in (Functional, keras.Sequential):
+        return keras.models.clone_model(model)
+    return type(model).from_config(model.get_config())
 
 
 def load_weights_from_chief(model, path) -> None:
