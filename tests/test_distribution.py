@@ -5,9 +5,6 @@ four devices; plus the set-up errors a user meets first and the batch-share arit
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,48 +24,13 @@ from keras_glacier.distribution import (
     parse_address,
     process_batch_indices,
 )
+from tests.distribution.processes import ROOT, free_port, start_module, wait_all, worker_env
 
-ROOT = Path(__file__).resolve().parents[1]
 RUN_TIMEOUT_S = 420  # the whole multi-process comparison, compile included; a hang is killed, not waited on
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def worker_env(devices: int) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("KERAS_DISTRIBUTION_", "SLURM_", "JAX_"))}
-    env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", KERAS_BACKEND="jax",
-               JAX_PLATFORMS="cpu", JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo", PYTHONPATH=str(ROOT),
-               OMP_NUM_THREADS="1")
-    return env
-
-
 def start(args: list[str], devices: int, log: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "tests.distribution.worker", *args], cwd=ROOT,
-                            env=worker_env(devices), stdout=log.open("w"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
-
-
-def wait_all(procs: list[subprocess.Popen], logs: list[Path], timeout_s: float) -> None:
-    """Waits for every process; on a timeout or a failure kills them all (their whole process groups)."""
-    deadline = time.monotonic() + timeout_s
-    try:
-        for proc in procs:
-            proc.wait(timeout=max(1.0, deadline - time.monotonic()))
-    except subprocess.TimeoutExpired:
-        pass
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-    failed = [(log, proc.returncode) for proc, log in zip(procs, logs) if proc.returncode != 0]
-    if failed:
-        log, code = failed[0]
-        pytest.fail(f"{log.name} exited with {code}:\n{log.read_text()[-3000:]}")
+    return start_module("tests.distribution.worker", args, devices, log)
 
 
 @pytest.fixture(scope="module")
@@ -304,3 +266,29 @@ def test_install_keeps_an_accelerator_jax():
     extras = project["optional-dependencies"]
     for flavour in ("cpu", "cuda12", "tpu"):
         assert extras[flavour] == [jax_deps[0].replace("jax", f"jax[{flavour}]", 1)]
+
+
+def test_local_copy_keeps_a_model_subclass_and_its_config():
+    """Process 0 saves and exports a local copy: a GlacierDeepLab-like subclass must stay itself (its
+    config carries bands, classes and the decision threshold), not turn into a plain Functional."""
+    import keras
+
+    from keras_glacier.distribution import local_copy
+
+    class Tagged(keras.Model):
+        def __init__(self, tag=0.5, **kwargs):
+            inputs = keras.Input((4,))
+            super().__init__(inputs, keras.layers.Dense(2)(inputs), **kwargs)
+            self.tag = tag
+
+        def get_config(self):
+            return {"tag": self.tag}
+
+        @classmethod
+        def from_config(cls, config):
+            return cls(**config)
+
+    model = Tagged(tag=0.25)
+    copy = local_copy(model)
+    assert type(copy) is Tagged and copy.tag == 0.25 and copy is not model
+    assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), copy.get_weights()))

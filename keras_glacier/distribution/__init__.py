@@ -13,14 +13,6 @@ distribution, saving or assigning a variable is a collective that one process al
 Every ``fit`` / ``evaluate`` runs on every process. See cluster.py, data.py and callbacks.py for the why.
 """
 
-from keras_glacier.distribution.callbacks import (
-    BackupAndRestore,
-    ChiefOnly,
-    load_weights_from_chief,
-    local_copy,
-    local_predict,
-    outside_distribution,
-)
 from keras_glacier.distribution.cluster import (
     DEFAULT_TIMEOUT_S,
     ENV_ADDRESSES,
@@ -38,8 +30,27 @@ from keras_glacier.distribution.cluster import (
     parse_address,
     set_data_parallel,
 )
-from keras_glacier.distribution.data import PAD, ProcessShard, local_rows, padded_size, process_batch_indices
-from keras_glacier.distribution.runtime import describe_runtime, format_runtime
+
+# The names below import keras; they load on first use, so that the command line can build its
+# parser (DEFAULT_TIMEOUT_S) and join the job (initialize) without importing keras first.
+_LAZY = {
+    "BackupAndRestore": "callbacks", "ChiefOnly": "callbacks", "load_weights_from_chief": "callbacks",
+    "local_copy": "callbacks", "local_predict": "callbacks", "outside_distribution": "callbacks",
+    "PAD": "data", "ProcessShard": "data", "local_rows": "data", "padded_size": "data",
+    "process_batch_indices": "data", "describe_runtime": "runtime", "format_runtime": "runtime",
+}
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "DEFAULT_TIMEOUT_S",

@@ -72,7 +72,7 @@ def local_copy(model, optimizer: bool = False):
     weights = [np.asarray(w) for w in model.get_weights()]  # replicated: this process's copy
     state = [np.asarray(v.value) for v in model.optimizer.variables] if optimizer and model.optimizer else None
     with outside_distribution():
-        clone = keras.models.clone_model(model)
+        clone = _rebuild(model)
         clone.set_weights(weights)
         if state is not None:
             twin = model.optimizer.__class__.from_config(model.optimizer.get_config())
@@ -81,6 +81,17 @@ def local_copy(model, optimizer: bool = False):
             for variable, value in zip(twin.variables, state):
                 variable.assign(value)
     return clone
+
+
+def _rebuild(model):
+    """The same network, new variables. A subclass (GlacierDeepLab) is rebuilt from its own config:
+    ``clone_model`` would return a plain Functional model, losing the class and what its config
+    carries (bands, classes, statistics, the decision threshold) from the files process 0 saves."""
+    from keras.src.models.functional import Functional
+
+    if type(model) in (Functional, keras.Sequential):
+        return keras.models.clone_model(model)
+    return type(model).from_config(model.get_config())
 
 
 def load_weights_from_chief(model, path) -> None:
@@ -117,6 +128,10 @@ class ChiefOnly(keras.callbacks.Callback):
     running it :func:`outside_distribution`: saving or predicting with the distributed model would be
     collectives that process 0 alone cannot complete. Callbacks that change training (EarlyStopping,
     BackupAndRestore below) run on every process instead.
+
+    The copy is made once and refreshed with the current weights at each hook (:meth:`local_model`):
+    a new copy per epoch would be a new model whose prediction function is traced and compiled again
+    every epoch, while the other processes wait.
     """
 
     HOOKS = ("on_train_begin", "on_train_end", "on_epoch_begin", "on_epoch_end")
@@ -124,6 +139,17 @@ class ChiefOnly(keras.callbacks.Callback):
     def __init__(self, callback: keras.callbacks.Callback) -> None:
         super().__init__()
         self.callback = callback
+        self._copy = None
+
+    def local_model(self):
+        """This wrapper's local copy of the model, holding the distributed model's current weights."""
+        if self._copy is None:
+            self._copy = local_copy(self.model)
+        else:
+            weights = [np.asarray(w) for w in self.model.get_weights()]  # replicated: this process's copy
+            with outside_distribution():
+                self._copy.set_weights(weights)
+        return self._copy
 
     def set_params(self, params):
         super().set_params(params)
@@ -132,8 +158,7 @@ class ChiefOnly(keras.callbacks.Callback):
     def _forward(self, hook: str, *args, **kwargs):
         if not is_chief():
             return
-        copy = local_copy(self.model)
-        self.callback.set_model(copy)
+        self.callback.set_model(self.local_model())
         with outside_distribution():
             getattr(self.callback, hook)(*args, **kwargs)
 

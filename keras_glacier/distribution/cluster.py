@@ -22,16 +22,23 @@ import time
 from dataclasses import dataclass
 
 import keras_glacier  # noqa: F401  (selects the JAX backend before keras is used)
+from keras_glacier.errors import UsageError
 
 ENV_ADDRESSES = "KERAS_DISTRIBUTION_JOB_ADDRESSES"
 ENV_NUM_PROCESSES = "KERAS_DISTRIBUTION_NUM_PROCESSES"
 ENV_PROCESS_ID = "KERAS_DISTRIBUTION_PROCESS_ID"
 DEFAULT_TIMEOUT_S = 300.0
+#: How long a process that finished waits at exit for the others (jax's default: 300 s). Process 0
+#: works alone after the last collective (the decision threshold over the validation set, model.keras,
+#: the export and its parity check), which can take longer on a large validation set; a process that
+#: died is still noticed by the heartbeat (100 s), not after this.
+SHUTDOWN_TIMEOUT_S = 3600
 _PROBE_INTERVAL_S = 0.5
 
 
-class DistributionError(ValueError):
-    """The multi-process set-up is wrong (flags, addresses, sizes); the message is one line."""
+class DistributionError(UsageError):
+    """The multi-process set-up is wrong (flags, addresses, sizes); the message is one line, and the
+    command-line runner prints it as ``error: ...`` with exit status 2, like every other usage error."""
 
 
 @dataclass(frozen=True)
@@ -78,11 +85,15 @@ def detected_cluster() -> str | None:
         from jax._src.clusters import ClusterEnv
     except ImportError:  # pragma: no cover - jax moved its private module; fall back to SLURM only
         return "SlurmCluster" if int(os.environ.get("SLURM_NTASKS", "1")) > 1 else None
+    import warnings
+
     for env in ClusterEnv._cluster_types:
         if getattr(env, "opt_in_only_method", False):
             continue
         try:
-            present = env.is_env_present()
+            with warnings.catch_warnings():  # jax's "install jax[k8s]" advice in any pod of a plain run
+                warnings.simplefilter("ignore")
+                present = env.is_env_present()
         except Exception:  # a detector that cannot even look (no metadata server, no package)
             present = False
         if not present:
@@ -167,7 +178,8 @@ def initialize(
             return cluster_info("single")
         _refuse_started_backend()
         try:
-            jax.distributed.initialize(initialization_timeout=math.ceil(timeout_s))
+            jax.distributed.initialize(initialization_timeout=math.ceil(timeout_s),
+                                       shutdown_timeout_seconds=SHUTDOWN_TIMEOUT_S)
         except (ValueError, RuntimeError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise DistributionError(f"cluster detection ({how or 'none found'}) failed: {first}") from None
@@ -191,7 +203,8 @@ def initialize(
     _refuse_started_backend()
     left = max(1, math.ceil(timeout_s - (time.monotonic() - start)))
     jax.distributed.initialize(f"{host}:{port}" if ":" not in host else f"[{host}]:{port}",
-                               num_processes=num_processes, process_id=process_id, initialization_timeout=left)
+                               num_processes=num_processes, process_id=process_id, initialization_timeout=left,
+                               shutdown_timeout_seconds=SHUTDOWN_TIMEOUT_S)
     return cluster_info("explicit")
 
 

@@ -1,8 +1,10 @@
 """``python -m keras_glacier.train``: the command line, derived from :class:`TrainConfig`'s fields.
 
 Each field is one flag (its name, type, choices and help from the field), so the flags and the
-config cannot drift apart. Three flags are not settings of the run but of this invocation:
-``--resume``, ``--overwrite`` and ``--malloc`` (:data:`INVOCATION_FLAGS`).
+config cannot drift apart. Some flags are not settings of the run but of this invocation
+(:data:`INVOCATION_FLAGS`): ``--resume``, ``--overwrite``, ``--malloc``, and the flags that join a
+job of several processes (``--coordinator``, ``--num-processes``, ``--process-id`` differ per
+process, so they cannot be saved settings that every process checks for equality).
 
 Flags default to None in the parser so that "given" can be told from "left at its default":
 ``--resume`` takes the saved settings of the run and only accepts the fields of ``RESUMABLE``.
@@ -21,7 +23,10 @@ from keras_glacier.memory import ALLOCATORS
 from keras_glacier.training.config import RESUMABLE, TrainConfig, flag_of, parse_threshold
 
 #: Flags that are about this invocation, not settings saved with the run.
-INVOCATION_FLAGS = ("resume", "overwrite", "malloc")
+INVOCATION_FLAGS = ("resume", "overwrite", "malloc", "coordinator", "num_processes", "process_id",
+                    "coordinator_timeout")
+#: ``--coordinator none``: do not look for a cluster (a plain single-process run wherever it runs).
+NO_CLUSTER = "none"
 
 
 def _threshold_argument(text: str):
@@ -77,6 +82,22 @@ def build_parser() -> argparse.ArgumentParser:
                         help="'reuse' (default): on Linux, restart once with glibc set to keep freed memory "
                         "(keras_glacier.memory), which makes CPU training steps 10-20%% faster and keeps the "
                         "peak heap until exit; 'default': run under the allocator settings as started")
+    from keras_glacier.distribution.cluster import DEFAULT_TIMEOUT_S
+
+    cluster = parser.add_argument_group(
+        "several processes (data parallelism over all their devices; run the same command on every "
+        "process, each with its own --process-id; process 0 writes the run folder)")
+    cluster.add_argument("--coordinator", metavar="HOST:PORT|auto|none",
+                         help="address of process 0, where the job's coordinator listens (the same on every "
+                         "process). Without it, Keras' KERAS_DISTRIBUTION_JOB_ADDRESSES / _NUM_PROCESSES / "
+                         "_PROCESS_ID variables, else a cluster jax detects (Cloud TPU pod slice, SLURM srun "
+                         "with several tasks, Open MPI, Kubernetes) is joined; 'auto' insists on that detection, "
+                         "'none' skips it (one process, whatever the environment says)")
+    cluster.add_argument("--num-processes", type=int, metavar="N", help="number of processes in the job")
+    cluster.add_argument("--process-id", type=int, metavar="I", help="this process's index, 0..N-1")
+    cluster.add_argument("--coordinator-timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="S",
+                         help="seconds to wait for the coordinator and for all processes to join "
+                         f"(default {DEFAULT_TIMEOUT_S:g})")
     return parser
 
 
@@ -107,7 +128,15 @@ def run_job(argv: Sequence[str] | None = None) -> int:
     from keras_glacier.training.fit import train
 
     args = build_parser().parse_args(argv)
-    train(config_from_args(args), resume=args.resume, overwrite=args.overwrite)
+    config = config_from_args(args)
+    if args.coordinator != NO_CLUSTER:
+        # Before anything touches a jax device. With no flag, no KERAS_DISTRIBUTION_* variable and no
+        # cluster jax detects, this only reads the environment and returns (a single process).
+        from keras_glacier import distribution
+
+        distribution.initialize(args.coordinator, args.num_processes, args.process_id,
+                                timeout_s=args.coordinator_timeout)
+    train(config, resume=args.resume, overwrite=args.overwrite)
     return 0
 
 

@@ -74,7 +74,9 @@ class TrainConfig:
     samples_per_epoch: int | None = _setting(
         None, "training crops per epoch, drawn from the tiles with probability proportional to their area "
         "(default: derived from the data, see keras_glacier.data.sampling; at least one per tile)", metavar="N")
-    batch_size: int = _setting(4, "crops per step, summed over devices with --distribute data_parallel")
+    batch_size: int = _setting(
+        4, "crops per step: the global batch, summed over all devices (and processes) when data-parallel; "
+        "then a multiple of the device count")
     crop: int = _setting(
         256, "random square crop for training, a multiple of 16; tiles no larger than it are used whole "
         "(use 512 on accelerators)")
@@ -102,7 +104,8 @@ class TrainConfig:
         "float32 elsewhere (keras_glacier.accelerator.auto_precision)", choices=PRECISIONS)
     distribute: str = _setting(
         "none", "data_parallel splits each batch over all devices (TPU cores, GPUs) with "
-        "keras.distribution.DataParallel", choices=DISTRIBUTIONS)
+        "keras.distribution.DataParallel; a job of several processes (--coordinator) always does",
+        choices=DISTRIBUTIONS)
     augment: bool = _setting(
         True, "turn off training augmentation (flips, 90-degree rotations, brightness/contrast, noise)",
         flag="--no-aug")

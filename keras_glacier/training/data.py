@@ -18,19 +18,29 @@ def resolve_bands(source, spec: str) -> tuple[tuple[int, ...], list[str]]:
 
 
 def prepare_data(config: TrainConfig, run_dir: Path, resume: bool, fold: tuple[int, int] | None = None):
-    """Find the samples, split them by scene, and compute (or on resume reload) the statistics."""
+    """Find the samples, split them by scene, and compute (or on resume reload) the statistics.
+
+    With several processes every process computes the same split and statistics (both are
+    deterministic from the files and the seed) and only process 0 writes split.json and stats.json;
+    the demo data is written by process 0, and by another process only where it cannot see it (a
+    host without the shared run folder: same seed, same files).
+    """
     from keras_glacier.data.demo import make_demo_band_folders, make_demo_dataset
     from keras_glacier.data.labels import label_summary
     from keras_glacier.data.sources import discover
     from keras_glacier.data.split import load_split, save_split, split_by_scene
     from keras_glacier.data.stats import BandStats, compute_stats
+    from keras_glacier.training import parallel
 
+    chief = parallel.is_chief()
     if config.data is None:
         demo_dir = (run_dir if fold is None else run_dir.parent) / "demo_data"
         tiles_per_scene = 4
         scenes = max(2, -(-config.demo_tiles // tiles_per_scene))
-        if not resume and fold in (None, (0, config.folds)):  # a previous run may have used other demo settings
+        if chief and not resume and fold in (None, (0, config.folds)):  # a previous run may have used other settings
             shutil.rmtree(demo_dir, ignore_errors=True)
+        if not chief:
+            parallel.barrier("demo data written")
         if config.task == "multiclass":
             # Phase 2's four classes (lakes included) exist only in band-folder labels: HKH masks have
             # no lake channel, so the multi-class demo is written as GlacierHack band folders.
@@ -40,6 +50,8 @@ def prepare_data(config: TrainConfig, run_dir: Path, resume: bool, fold: tuple[i
         elif not any(demo_dir.glob("slice_*_mask_*.npy")):
             make_demo_dataset(demo_dir, scenes=scenes, tiles_per_scene=tiles_per_scene, size=config.demo_size,
                               seed=config.seed)
+        if chief:
+            parallel.barrier("demo data written")
         root = demo_dir
     else:
         root = Path(config.data)
@@ -60,10 +72,12 @@ def prepare_data(config: TrainConfig, run_dir: Path, resume: bool, fold: tuple[i
             raise InputError(f"{root}: only one scene ({train[0].scene_id}), so no scene is left for validation; "
                              "add scenes or tiles from other scenes")
         extra = {} if fold is None else {"fold": fold[0] + 1, "folds": fold[1]}
-        save_split(run_dir / "split.json", train, val, seed=config.seed, val_fraction=config.val_fraction,
-                   data=str(root), **extra)
+        if chief:
+            save_split(run_dir / "split.json", train, val, seed=config.seed, val_fraction=config.val_fraction,
+                       data=str(root), **extra)
         stats = compute_stats(train, bands, seed=config.seed, band_names=band_names)
-        stats.save(run_dir / "stats.json")
+        if chief:
+            stats.save(run_dir / "stats.json")
     summary = label_summary(train, bands, source.class_names, source.mask_layout)
     print(summary.line(), flush=True)
     summary.require_glacier()
@@ -101,16 +115,21 @@ def effective_crop(requested: int | None, shape: tuple[int, int]) -> int | None:
 
 
 def make_datasets(config: TrainConfig, run_dir: Path, train, val, stats, bands):
-    """(training, validation) datasets; the training epoch is ``samples_per_epoch`` sampled crops."""
+    """(training, validation) datasets; the training epoch is ``samples_per_epoch`` sampled crops.
+
+    ``batch_size`` is the global batch (over all processes and devices): each process wraps these
+    whole-job sequences in ``distribution.ProcessShard`` to read its share.
+    """
     from keras_glacier.data.augment import AugmentConfig
     from keras_glacier.data.dataset import GlacierSequence
     from keras_glacier.data.sampling import default_samples_per_epoch, tile_shape
+    from keras_glacier.training.parallel import cache_folder
 
     shapes = [tile_shape(sample) for sample in train]
     crop = effective_crop(config.crop, shapes[0])
     samples = config.samples_per_epoch or default_samples_per_epoch(shapes, crop, config.batch_size)
     common = dict(stats=stats, bands=bands, workers=config.workers,
-                  cache_dir=run_dir / "cache" if config.cache else None)
+                  cache_dir=cache_folder(run_dir) if config.cache else None)
     train_seq = GlacierSequence(
         train, batch_size=config.batch_size, crop=crop, augment=AugmentConfig() if config.augment else None,
         shuffle=True, seed=config.seed, samples_per_epoch=samples, **common)

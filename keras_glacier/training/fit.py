@@ -16,6 +16,7 @@ import numpy as np
 import keras_glacier  # noqa: F401  (selects the JAX backend before keras is imported)
 from keras_glacier.errors import UsageError
 from keras_glacier.fileio import save_keras_model, write_json
+from keras_glacier.training import parallel
 from keras_glacier.training.config import AUTO, TrainConfig
 from keras_glacier.training.data import effective_crop, fold_split, make_datasets, prepare_data, resolve_bands
 from keras_glacier.training.run_folder import (
@@ -47,20 +48,14 @@ def resolve_precision(precision: str) -> str:
 
 
 def set_up_devices(config: TrainConfig) -> tuple[int, str]:
-    """Applies the precision policy and distribution; returns (devices in use, precision policy)."""
+    """Applies the precision policy, the seeds (on every process) and the data-parallel mesh (several
+    processes, or ``--distribute data_parallel``); returns (devices in use, precision policy)."""
     import keras
 
     precision = resolve_precision(config.precision)
     keras.mixed_precision.set_global_policy(precision)
     keras.utils.set_random_seed(config.seed)
-    if config.distribute == "data_parallel":
-        devices = keras.distribution.list_devices()
-        if config.batch_size % len(devices):
-            raise UsageError(f"--batch-size {config.batch_size} must be a multiple of the "
-                             f"{len(devices)} devices used by --distribute data_parallel")
-        keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
-        return len(devices), precision
-    return 1, precision
+    return parallel.set_up(config), precision
 
 
 # -------------------------------------------------------------------------------------- model
@@ -158,17 +153,20 @@ def make_callbacks(config: TrainConfig, run_dir: Path, train_seq, val_seq, stats
     preview = [val_seq.load(i) for i in range(min(3, len(val_seq.samples)))]
     csv_log = run_dir / "history.csv"
     best = best_so_far(csv_log) if resume else None
+    # Under a distribution the writers run on process 0 only, from a local copy of the model;
+    # EarlyStopping and the backup run on every process (they change what every process does).
+    writer = parallel.chief_only
     return [
         EpochSync(train_seq, val_seq),
-        keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
-        keras.callbacks.ModelCheckpoint(str(run_dir / "best.keras"), monitor=MONITOR, mode=MONITOR_MODE,
-                                        save_best_only=True, initial_value_threshold=best),
+        parallel.backup_and_restore(run_dir / "backup"),
+        writer(keras.callbacks.ModelCheckpoint(str(run_dir / "best.keras"), monitor=MONITOR, mode=MONITOR_MODE,
+                                               save_best_only=True, initial_value_threshold=best)),
         keras.callbacks.EarlyStopping(monitor=MONITOR, mode=MONITOR_MODE, patience=config.patience,
                                       restore_best_weights=True),
-        keras.callbacks.CSVLogger(str(csv_log), append=resume),
-        FigureWriter(run_dir, np.stack([p[0] for p in preview]), np.stack([p[1] for p in preview]),
-                     stats.lo, stats.hi, csv_log=csv_log,
-                     class_names=list(class_names) if config.task == "multiclass" else None),
+        writer(keras.callbacks.CSVLogger(str(csv_log), append=resume)),
+        writer(FigureWriter(run_dir, np.stack([p[0] for p in preview]), np.stack([p[1] for p in preview]),
+                            stats.lo, stats.hi, csv_log=csv_log,
+                            class_names=list(class_names) if config.task == "multiclass" else None)),
     ]
 
 
@@ -182,6 +180,12 @@ def train(config: TrainConfig | None = None, *, resume: bool = False, overwrite:
     settings must match (only ``epochs`` and ``workers`` may change: take the config from
     ``TrainConfig.from_run(out)``). ``overwrite=True`` replaces a run already in ``config.out``.
     ``callbacks`` are extra Keras callbacks (after the run's own).
+
+    Several processes (machines): call ``keras_glacier.distribution.initialize(coordinator,
+    num_processes, process_id)`` on each first, before anything touches a jax device, then
+    ``train(config)`` with the same config on each. Every process trains on its share of each global
+    ``batch_size`` batch over one data-parallel mesh of all devices; process 0 alone writes the run
+    folder and returns the full result, the others return the validation scores only.
     """
     config = TrainConfig(**settings) if config is None else dataclasses.replace(config, **settings)
     config.check_paths()
@@ -190,6 +194,9 @@ def train(config: TrainConfig | None = None, *, resume: bool = False, overwrite:
         check_resumed_config(run_dir, config)
     if config.folds == 1:
         return train_one(config, run_dir, resume, callbacks)
+    if parallel.process_count() > 1:
+        raise UsageError(f"--folds {config.folds}: K-fold training runs in one process only; train each fold "
+                         "as its own multi-process run, or drop --folds")
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / CONFIG_FILE, config.to_dict())  # first, so that an interrupted K-fold run resumes
     results = []
@@ -206,27 +213,33 @@ def train(config: TrainConfig | None = None, *, resume: bool = False, overwrite:
 
 def train_one(config: TrainConfig, run_dir: Path, resume: bool, extra_callbacks: Sequence = (),
               fold: tuple[int, int] | None = None) -> RunResult:
-    """One run (one fold) into ``run_dir``."""
+    """One run (one fold) into ``run_dir``. Every process runs it; only process 0 writes files."""
     import keras
 
     from keras_glacier.callbacks import FigureWriter
 
     run_dir.mkdir(parents=True, exist_ok=True)
     devices, precision = set_up_devices(config)
+    chief, processes = parallel.is_chief(), parallel.process_count()
     source, bands, band_names, train_tiles, val, stats, summary = prepare_data(config, run_dir, resume, fold)
+    if processes > 1:
+        parallel.check_same_tiles(train_tiles)
     # A fold's folder is a run of its own (its split.json holds the fold): resuming it trains that fold only.
     saved = config if fold is None else dataclasses.replace(config, folds=1, out=str(run_dir))
-    write_json(run_dir / CONFIG_FILE, saved.to_dict())
+    if chief:
+        write_json(run_dir / CONFIG_FILE, saved.to_dict())
     classes = list(source.class_names)
     weights = class_weights_for(config, summary)
     train_seq, val_seq = make_datasets(config, run_dir, train_tiles, val, stats, bands)
-    write_run_facts(run_dir, bands_used=[int(b) for b in bands], band_names=list(band_names),
-                    class_names=classes, class_values=[int(v) for v in source.class_values],
-                    mask_layout=source.mask_layout, label_fractions=summary.fractions(),
-                    data_kind=source.kind, data=str(source.root), devices=devices, precision=precision,
-                    samples_per_epoch=train_seq.samples_per_epoch, steps_per_epoch=len(train_seq),
-                    keras_version=keras.__version__, backend=keras.backend.backend(),
-                    **({} if fold is None else {"fold": fold[0] + 1, "folds": fold[1]}))
+    if chief:
+        write_run_facts(run_dir, bands_used=[int(b) for b in bands], band_names=list(band_names),
+                        class_names=classes, class_values=[int(v) for v in source.class_values],
+                        mask_layout=source.mask_layout, label_fractions=summary.fractions(),
+                        data_kind=source.kind, data=str(source.root), devices=devices, precision=precision,
+                        samples_per_epoch=train_seq.samples_per_epoch, steps_per_epoch=len(train_seq),
+                        keras_version=keras.__version__, backend=keras.backend.backend(),
+                        **({} if processes == 1 else {"processes": processes}),
+                        **({} if fold is None else {"fold": fold[0] + 1, "folds": fold[1]}))
     tile = tuple(train_seq.load(0)[0].shape[:2])
     print(f"data: {source.kind} at {source.root}: {len(train_tiles)} training and {len(val)} validation tiles "
           f"({len({s.scene_id for s in train_tiles})} / {len({s.scene_id for s in val})} scenes), bands "
@@ -239,15 +252,24 @@ def train_one(config: TrainConfig, run_dir: Path, resume: bool, extra_callbacks:
           f"precision {precision}, {devices} device(s), backend {keras.backend.backend()}", flush=True)
     compile_model(model, config, len(train_seq), classes, weights)
     callbacks = [*make_callbacks(config, run_dir, train_seq, val_seq, stats, resume, classes), *extra_callbacks]
-    model.fit(train_seq, validation_data=val_seq, epochs=config.epochs, callbacks=callbacks, shuffle=False,
-              verbose=2 if not sys.stdout.isatty() else "auto")
+    model.fit(parallel.shard(train_seq), validation_data=parallel.shard(val_seq), epochs=config.epochs,
+              callbacks=callbacks, shuffle=False, verbose=(2 if not sys.stdout.isatty() else "auto") if chief else 0)
 
-    best_path = run_dir / "best.keras"
-    if best_path.exists():
-        # Same architecture, so loading weights into the compiled model reuses its compiled functions.
-        model.load_weights(best_path)
-    scores = model.evaluate(val_seq, verbose=0, return_dict=True)
+    parallel.load_best(model, run_dir / "best.keras")
+    # Every process evaluates its share; the confusion counts are summed over all of them.
+    scores = model.evaluate(parallel.shard(val_seq), verbose=0, return_dict=True)
     metrics = {key: float(scores[key]) for key in BINARY_METRICS if key in scores}
+    if not chief:  # the threshold, the model files and the figures are process 0's
+        return RunResult(run_dir, config, metrics)
+    figures = next(c for c in callbacks if isinstance(parallel.unwrap(c), FigureWriter))
+    model, writing = parallel.chief_model(model, figures)
+    with writing:
+        return finish_run(config, run_dir, model, val_seq, metrics, len(val), parallel.unwrap(figures))
+
+
+def finish_run(config: TrainConfig, run_dir: Path, model, val_seq, metrics: dict, val_tiles: int,
+               figures) -> RunResult:
+    """Process 0: the decision threshold, model.keras, metrics.json, the figures and the export."""
     threshold = None
     if config.task == "binary":
         threshold, threshold_mcc = choose_threshold(model, val_seq, config)
@@ -258,8 +280,8 @@ def train_one(config: TrainConfig, run_dir: Path, resume: bool, extra_callbacks:
         write_run_facts(run_dir, threshold=threshold)
     save_keras_model(model, run_dir / "model.keras")
     write_json(run_dir / METRICS_FILE, metrics)
-    print_table(f"validation ({len(val)} tiles, whole-set confusion matrix, best epoch's model)", metrics)
-    figures = next(c for c in callbacks if isinstance(c, FigureWriter))
+    print_table(f"validation ({val_tiles} tiles, whole-set confusion matrix, best epoch's model)", metrics)
+    figures.set_model(model)
     figures.write_predictions()
 
     result = RunResult(run_dir, config, metrics, model=run_dir / "model.keras", threshold=threshold)

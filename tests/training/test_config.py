@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 
 import pytest
 
@@ -174,3 +175,33 @@ def test_precision_auto_is_float32_on_cpu():
     from keras_glacier.training.fit import resolve_precision
 
     assert resolve_precision("auto") == "float32" and resolve_precision("mixed_float16") == "mixed_float16"
+
+
+def test_cluster_flags_are_invocation_flags_and_a_plain_run_joins_nothing(monkeypatch):
+    from keras_glacier.distribution import DEFAULT_TIMEOUT_S, initialize
+
+    plain = build_parser().parse_args([])
+    assert plain.coordinator is None and plain.coordinator_timeout == DEFAULT_TIMEOUT_S
+    args = build_parser().parse_args(["--coordinator", "10.0.0.1:1234", "--num-processes", "2", "--process-id", "1",
+                                      "--coordinator-timeout", "30", "--epochs", "3"])
+    assert (args.coordinator, args.num_processes, args.process_id, args.coordinator_timeout) == (
+        "10.0.0.1:1234", 2, 1, 30.0)
+    assert config_from_args(args) == TrainConfig(epochs=3)  # not settings: every process has its own id
+    # What run_job calls on every plain run: no flag, no KERAS_DISTRIBUTION_*, no cluster -> one process.
+    for name in [k for k in os.environ if k.startswith(("KERAS_DISTRIBUTION_", "SLURM_"))]:
+        monkeypatch.delenv(name)
+    info = initialize()
+    assert (info.how, info.process_count, info.process_index) == ("single", 1, 0)
+
+
+def test_distribution_errors_are_usage_errors_reported_in_one_line(capsys):
+    from keras_glacier.distribution import DistributionError, check_global_batch
+
+    assert issubclass(DistributionError, UsageError)
+
+    def job(argv):
+        check_global_batch(6, num_devices=4, num_processes=2)
+
+    assert cli.run(job, []) == 2
+    assert capsys.readouterr().err == "error: global batch size 6 is not a multiple of the 4 devices (2 processes): " \
+                                      "use e.g. 4 or 8\n"

@@ -1,0 +1,61 @@
+"""Starting the processes of a multi-process test and cleaning up after them (shared by the tests).
+
+Each process gets its own virtual CPU devices (XLA_FLAGS), gloo collectives, this checkout on its
+path and none of the cluster variables of the shell that runs the tests; it runs in a new session so
+that a hung or failed job is killed with everything it started.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def worker_env(devices: int) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KERAS_DISTRIBUTION_", "SLURM_", "JAX_"))}
+    env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", KERAS_BACKEND="jax",
+               JAX_PLATFORMS="cpu", JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo", PYTHONPATH=str(ROOT),
+               OMP_NUM_THREADS="1")
+    return env
+
+
+def start_module(module: str, args: list[str], devices: int, log: Path, cwd: Path = ROOT) -> subprocess.Popen:
+    """``python -m module args`` with ``devices`` virtual CPU devices; stdout and stderr go to ``log``."""
+    return subprocess.Popen([sys.executable, "-m", module, *args], cwd=cwd, env=worker_env(devices),
+                            stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait_all(procs: list[subprocess.Popen], logs: list[Path], timeout_s: float, expect: int | None = 0) -> None:
+    """Waits for every process; on a timeout or a failure kills them all (their whole process groups).
+    Fails the test when a process timed out or (with ``expect``) exited with another status."""
+    deadline = time.monotonic() + timeout_s
+    try:
+        for proc in procs:
+            proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        pass
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    failed = [(log, proc.returncode) for proc, log in zip(procs, logs)
+              if proc.returncode < 0 or (expect is not None and proc.returncode != expect)]
+    if failed:
+        log, code = failed[0]
+        pytest.fail(f"{log.name} exited with {code}:\n{log.read_text()[-3000:]}")
