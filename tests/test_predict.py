@@ -244,10 +244,17 @@ def test_bad_input_is_one_error_line(case, expected, run, geo_root, demo_npy_roo
 
 
 def test_threshold_comes_from_the_run_and_the_flag_overrides_it(run, geo_root, tmp_path):
-    """A run whose config.json says threshold 0.7 (chosen in training) writes prob > 0.7; --threshold wins."""
+    """A model whose threshold is 0.7 (chosen in training, saved with it) writes prob > 0.7; --threshold wins."""
+    import keras
+
+    from keras_glacier.fileio import save_keras_model
+
     folder = tmp_path / "run07"
     shutil.copytree(run[0], folder)
-    (folder / "config.json").write_text(json.dumps({"bands": None, "threshold": 0.7}))
+    model = keras.saving.load_model(folder / "model.keras", compile=False)
+    model.threshold = 0.7
+    save_keras_model(model, folder / "model.keras")
+    (folder / "run.json").write_text(json.dumps({"threshold": 0.4}))  # the model's own value wins over the run's
     assert inference.load_run(folder).settings["threshold"] == 0.7
     out, flag_out = tmp_path / "m07", tmp_path / "m03"
     assert run_cli(predict.main, [folder, "--data", geo_root, "--out", out, "--probabilities"])[0] == 0
