@@ -275,7 +275,17 @@ def test_threshold_comes_from_the_run_and_the_flag_overrides_it(run, geo_root, t
 def test_band_names_that_differ_from_the_models_are_a_warning(run, geo_root, tmp_path):
     from types import SimpleNamespace
 
-    loaded = inference.LoadedModel(run[1], None, {"band_names": ["B1", "B2", "B3"]})
+    import keras
+
+    from keras_glacier.fileio import save_keras_model
+
+    def named_model(names):
+        """A model with ``names`` in its configuration (the model's own names win over its run's)."""
+        model = keras_glacier.GlacierDeepLab.from_config({**run[1].get_config(), "num_bands": len(names),
+                                                          "band_names": list(names), "stats": None})
+        return model
+
+    loaded = inference.LoadedModel(named_model(["B1", "B2", "B3"]), None, {})
     same = SimpleNamespace(band_names=("B1", "B2", "B3", "B4"))
     other = SimpleNamespace(band_names=("B4", "B5", "B7"))
     generic = SimpleNamespace(band_names=("Band1", "Band2", "Band3"))
@@ -286,7 +296,9 @@ def test_band_names_that_differ_from_the_models_are_a_warning(run, geo_root, tmp
     # End to end: a run that names other bands than the data's still predicts, with one warning line.
     folder = tmp_path / "named"
     shutil.copytree(run[0], folder)
-    (folder / "config.json").write_text(json.dumps({"band_names": ["B4", "B5", "B7", "B8", "B9"]}))
+    model = named_model(["B4", "B5", "B7", "B8", "B9"])
+    model.set_weights(keras.saving.load_model(folder / "model.keras", compile=False).get_weights())
+    save_keras_model(model, folder / "model.keras")
     source = discover(geo_root)
     named = replace(source, band_names=("B1", "B2", "B3", "B5", "B6_VCID1"))
     with pytest.MonkeyPatch.context() as patch:
