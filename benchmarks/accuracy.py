@@ -230,6 +230,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="markdown file to update (default RESULTS.md)")
     parser.add_argument("--no-write", action="store_true", help="print the table only")
     args = parser.parse_args(argv)
+    if argv is None:  # the training command's default allocator (--malloc reuse): 10-20% faster CPU steps
+        from keras_glacier.memory import restart_with_allocator
+
+        restart_with_allocator("reuse", "benchmarks.accuracy", sys.argv[1:])
 
     scenes = row_folds(args.data)
     folds = range(len(scenes)) if args.folds is None else [int(f) for f in args.folds.split(",")]
@@ -255,6 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"[accuracy] per-pixel baselines skipped: {exc} (pip install scikit-learn)", flush=True)
 
     rows, load_start, start = [], os.getloadavg()[0], time.perf_counter()
+    total = len(variants) * len(seeds) * len(folds)
     with tempfile.TemporaryDirectory(prefix="glacier-accuracy-") as tmp:
         for variant in variants:
             for seed in seeds:
@@ -264,18 +269,24 @@ def main(argv: Sequence[str] | None = None) -> int:
                     row["GB MCC"] = baselines.get(f, {}).get("GB", {}).get("mcc", "")
                     rows.append(row)
                     print(f"[accuracy] {row}", flush=True)
+                    report(rows, args, argv, load_start, start, done=len(rows) == total)
+    return 0
+
+
+def report(rows, args, argv, load_start: float, start: float, done: bool) -> None:
+    """Print the table so far and (re)write its RESULTS.md subsection: a cut-short run keeps its folds."""
     table = render_table(rows)
     extra = " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     note = (f"`{' '.join(['python -m benchmarks.accuracy', extra]).strip()}` on {_dt.date.today()}, "
             f"{os.cpu_count()} cores, load average {load_start:.1f} at the start and {os.getloadavg()[0]:.1f} "
             f"at the end, {time.perf_counter() - start:.0f} s in all; training flags beyond the data: "
-            f"{args.extra_args or 'none'}{' (quick: 2 epochs)' if args.quick else ''}.")
+            f"{args.extra_args or 'none'}{' (quick: 2 epochs)' if args.quick else ''}"
+            f"{'' if done else f'; partial: {len(rows)} runs done so far'}.")
     print(table)
-    print(note)
+    print(note, flush=True)
     if not args.no_write:
         write_section(args.out, args.label or args.extra_args or "current defaults", f"{note}\n\n{table}")
-        print(f"[accuracy] wrote the {SECTION!r} section of {args.out}")
-    return 0
+        print(f"[accuracy] wrote the {SECTION!r} section of {args.out}", flush=True)
 
 
 if __name__ == "__main__":
