@@ -109,3 +109,12 @@ def test_accuracy_folds_baselines_and_section(tmp_path):
     text = out.read_text()
     assert text.count("## Accuracy on everest-west") == 1 and "## Machine\n\nm" in text and "## Parity\n\np" in text
     assert "### before\n\ntable 3" in text and "### after\n\ntable 2" in text and "table 1" not in text
+
+
+def test_rewriting_the_report_keeps_the_accuracy_section(tmp_path):
+    out = tmp_path / "RESULTS.md"
+    assert run_all.kept_sections(out) == ""
+    section = "## Accuracy on everest-west\n\nintro\n\n### before\n\nt\n"
+    out.write_text(f"# old\n\n## Machine\n\nm\n\n{section}\n## Data loader\n\nx\n")
+    assert run_all.kept_sections(out) == "\n" + section
+    assert accuracy.SECTION in run_all.KEPT_SECTIONS
