@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from keras_glacier.errors import UsageError
+from keras_glacier.errors import InputError, UsageError
 from keras_glacier.training.cli import build_parser, config_from_args
 from keras_glacier.training.config import TrainConfig
 from keras_glacier.training.data import prepare_data
@@ -36,3 +36,23 @@ def test_val_scenes_settings_are_checked():
         TrainConfig(val_scenes=" , ")
     with pytest.raises(UsageError, match="--folds"):
         TrainConfig(val_scenes="00", folds=2)
+
+
+def test_default_bands_on_unnamed_band_folders_are_all_of_them(demo_tiff_root, tmp_path):
+    """Folders Band1..Band5 with files named by tile id only do not say what they measure (as everest-west)."""
+    import shutil
+
+    from keras_glacier.data.sources import discover
+    from keras_glacier.training.data import resolve_bands
+
+    for folder in sorted(demo_tiff_root.iterdir()):
+        (tmp_path / folder.name).mkdir()
+        for tif in folder.glob("*.tif"):
+            tile = "_".join(tif.stem.rsplit("_", 2)[-2:])
+            name = tif.name if folder.name == "label" else f"L7_{tile}.tif"
+            shutil.copy(tif, tmp_path / folder.name / name)
+    source = discover(tmp_path)
+    assert source.band_names == ("Band1", "Band2", "Band3", "Band4", "Band5")
+    with pytest.raises(InputError, match="preset competition needs"):  # named explicitly, the preset cannot resolve
+        source.select_bands("competition")
+    assert resolve_bands(source, TrainConfig().bands) == ((0, 1, 2, 3, 4), list(source.band_names))
