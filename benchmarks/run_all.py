@@ -153,6 +153,21 @@ def render(info: dict, results: list[SectionResult], command: str, total_seconds
     return "\n".join(lines) + "\n"
 
 
+#: Sections that standalone benchmarks write into the report (``python -m benchmarks.accuracy``: 30+
+#: minutes of training, too slow for this run); rewriting the report keeps them as they are.
+KEPT_SECTIONS = ("Accuracy on everest-west",)
+
+
+def kept_sections(path: Path) -> str:
+    """The :data:`KEPT_SECTIONS` of the report at ``path`` (empty when absent), to append to a new report."""
+    text = path.read_text(encoding="utf-8") if path.is_file() else ""
+    kept = []
+    for section in ("\n" + text).split("\n## ")[1:]:
+        if section.partition("\n")[0].strip() in KEPT_SECTIONS:
+            kept.append("\n## " + section.rstrip("\n") + "\n")
+    return "".join(kept)
+
+
 def write_atomically(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
@@ -182,7 +197,8 @@ def run(quick: bool = False, out: str | Path = DEFAULT_OUT, sections=SECTIONS, c
         if echo:
             echo(f"{result.text}\n[benchmarks] {name}: {result.seconds:.0f} s")
     command = command or "python -m benchmarks" + (" --quick" if quick else "")
-    write_atomically(Path(out), render(info, results, command, time.perf_counter() - start))
+    report = render(info, results, command, time.perf_counter() - start)
+    write_atomically(Path(out), report + kept_sections(Path(out)))
     return results
 
 

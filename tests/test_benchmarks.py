@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks import inference, run_all, train_step
+from benchmarks import accuracy, inference, run_all, train_step
 from benchmarks.common import markdown_table
 from keras_glacier.losses import BceDiceLoss
 
@@ -45,7 +45,7 @@ def test_quick_run_writes_every_table(tmp_path):
         assert f"| {key} |" in sections[1]
 
 
-@pytest.mark.parametrize("module", [train_step, inference, run_all])
+@pytest.mark.parametrize("module", [train_step, inference, run_all, accuracy])
 def test_every_cli_has_help(module, capsys):
     with pytest.raises(SystemExit) as exit_info:
         module.main(["--help"])
@@ -79,3 +79,42 @@ def test_same_process_timing_runs_every_contender():
     for column in ("keras_s", "torch_nchw_s", "torch_channels_last_s", "keras/torch_nchw", "page_faults_keras/torch"):
         assert column in row
     assert row["keras_s"] > 0 and row["torch_nchw_s"] > 0
+
+
+def test_accuracy_folds_baselines_and_section(tmp_path):
+    from keras_glacier.data.demo import make_demo_band_folders
+
+    data = make_demo_band_folders(tmp_path / "rows", tiles=4, size=32, seed=0, scenes=2)
+    assert accuracy.row_folds(data) == ["00", "01"]
+    _, train, val = accuracy.fold_samples(data, "01")
+    assert {s.scene_id for s in val} == {"01"} and {s.scene_id for s in train} == {"00"}
+    x, y = accuracy.pixels(val, (0, 1, 2, 3, 4))
+    assert x.shape == (y.size, 5) and 1000 < y.size <= 2 * 32 * 32 and set(np.unique(y)) == {0, 1}
+    assert np.isfinite(x).all()
+    baselines = accuracy.pixel_baselines(data, "01")
+    assert set(baselines) == {"LR", "GB"}
+    # The synthetic bands tell ice apart: both baselines find it on the held-out row (chance is MCC 0).
+    assert all(0.2 < b["mcc"] <= 1.0 and 0.0 < b["iou"] <= 1.0 for b in baselines.values()), baselines
+    assert accuracy.scores([1, 1, 0, 0], [1, 0, 0, 0]) == pytest.approx({"mcc": 1 / np.sqrt(3), "iou": 0.5})
+    assert accuracy.training_settings("--crop 128 --lr 3e-4") == {"crop": 128, "lr": 3e-4}
+
+    rows = [{"variant": "default", "seed": 0, "fold": f, "val": s, "MCC@t": m, "wall s": 1.0}
+            for f, s, m in ((0, "00", 0.5), (1, "01", 0.7))]
+    assert accuracy.mean_rows(rows)[0]["MCC@t"] == pytest.approx(0.6)
+    out = tmp_path / "RESULTS.md"
+    out.write_text("# Results\n\n## Machine\n\nm\n\n## Accuracy on everest-west\n\nold\n\n## Parity\n\np\n")
+    accuracy.write_section(out, "before", "table 1")
+    accuracy.write_section(out, "after", "table 2")
+    accuracy.write_section(out, "before", "table 3")
+    text = out.read_text()
+    assert text.count("## Accuracy on everest-west") == 1 and "## Machine\n\nm" in text and "## Parity\n\np" in text
+    assert "### before\n\ntable 3" in text and "### after\n\ntable 2" in text and "table 1" not in text
+
+
+def test_rewriting_the_report_keeps_the_accuracy_section(tmp_path):
+    out = tmp_path / "RESULTS.md"
+    assert run_all.kept_sections(out) == ""
+    section = "## Accuracy on everest-west\n\nintro\n\n### before\n\nt\n"
+    out.write_text(f"# old\n\n## Machine\n\nm\n\n{section}\n## Data loader\n\nx\n")
+    assert run_all.kept_sections(out) == "\n" + section
+    assert accuracy.SECTION in run_all.KEPT_SECTIONS

@@ -94,6 +94,9 @@ class TrainConfig:
     folds: int = _setting(
         1, "train K scene-wise folds into RUN_DIR/fold-1 .. fold-K, each validating on its own scenes (1: one "
         "split by --val-fraction)", metavar="K")
+    val_scenes: str | None = _setting(
+        None, "validate on exactly these scenes (comma-separated scene ids, e.g. 03 or slice_2,slice_5; band-folder "
+        "tile 02_07 is scene 02) instead of a random --val-fraction split", metavar="IDS")
     seed: int = _setting(0, "seed of the split, sampling, augmentation, initialisation and demo data")
     threshold: str | float = _setting(
         AUTO, "binary decision threshold on the glacier probability: auto = the one with the best MCC on the "
@@ -127,6 +130,8 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, str(value))
+        if isinstance(self.val_scenes, (list, tuple)):
+            self.val_scenes = ",".join(str(s) for s in self.val_scenes)
         if isinstance(self.bands, (list, tuple)):  # channel numbers given as a sequence
             self.bands = ",".join(str(int(b)) for b in self.bands)
         self.threshold = parse_threshold(self.threshold)
@@ -149,6 +154,11 @@ class TrainConfig:
             raise UsageError(f"--alpha must lie in [0, 1], got {self.alpha}")
         if not 0.0 < self.val_fraction < 1.0:
             raise UsageError(f"--val-fraction must lie strictly between 0 and 1, got {self.val_fraction}")
+        if self.val_scenes is not None:
+            if not isinstance(self.val_scenes, str) or not scene_list(self.val_scenes):
+                raise UsageError(f"--val-scenes needs comma-separated scene ids, got {self.val_scenes!r}")
+            if self.folds > 1:
+                raise UsageError("--val-scenes fixes one validation split; it cannot be combined with --folds")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise UsageError(f"--lr must be positive, got {self.lr}")
         if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
@@ -245,6 +255,11 @@ def parse_threshold(value: Any) -> str | float:
     if not 0.0 < number < 1.0:
         raise UsageError(f"--threshold must lie strictly between 0 and 1, got {number}")
     return number
+
+
+def scene_list(text: str) -> list[str]:
+    """``"00, 03"`` -> ``["00", "03"]`` (the scene ids of ``--val-scenes``)."""
+    return [part.strip() for part in text.split(",") if part.strip()]
 
 
 def flag_of(name: str) -> str:

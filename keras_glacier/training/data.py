@@ -12,7 +12,17 @@ from keras_glacier.training.config import TrainConfig
 
 
 def resolve_bands(source, spec: str) -> tuple[tuple[int, ...], list[str]]:
-    """The band indices and names a ``--bands`` spec (names, indices or a preset) selects in ``source``."""
+    """The band indices and names a ``--bands`` spec (names, indices or a preset) selects in ``source``.
+
+    The default spec (the competition preset, named for HKH channels) means every band folder on
+    band-folder data, as ``--bands`` documents: folders named Band1..BandN do not say what they
+    measure, so the preset could not be resolved there and the default command would refuse them.
+    """
+    from keras_glacier.data.sources import TIFF
+    from keras_glacier.training.config import defaults
+
+    if source.kind == TIFF and spec == defaults()["bands"]:
+        spec = None  # select_bands: all band folders, in order
     selection = source.select_bands(spec)
     return tuple(int(i) for i in selection.indices), list(selection.names)
 
@@ -64,7 +74,9 @@ def prepare_data(config: TrainConfig, run_dir: Path, resume: bool, fold: tuple[i
         train, val = load_split(run_dir / "split.json", source.samples)
         stats = BandStats.load(run_dir / "stats.json")
     else:
-        if fold is None:
+        if fold is None and config.val_scenes is not None:
+            train, val = chosen_split(source.samples, config.val_scenes, root)
+        elif fold is None:
             train, val = split_by_scene(source.samples, config.val_fraction, config.seed)
         else:
             train, val = fold_split(source.samples, *fold, seed=config.seed)
@@ -82,6 +94,21 @@ def prepare_data(config: TrainConfig, run_dir: Path, resume: bool, fold: tuple[i
     print(summary.line(), flush=True)
     summary.require_glacier()
     return source, bands, band_names, train, val, stats, summary
+
+
+def chosen_split(samples, val_scenes: str, root):
+    """(train, val) with exactly the scenes of ``--val-scenes`` held out; unknown scenes are refused."""
+    from keras_glacier.training.config import scene_list
+
+    wanted = scene_list(val_scenes)
+    available = sorted({s.scene_id for s in samples})
+    missing = [scene for scene in wanted if scene not in available]
+    if missing:
+        raise UsageError(f"--val-scenes: no scene {', '.join(missing)} in {root}; "
+                         f"available scenes: {', '.join(available)}")
+    if set(wanted) == set(available):
+        raise UsageError(f"--val-scenes {val_scenes}: that is every scene in {root}, none is left for training")
+    return [s for s in samples if s.scene_id not in wanted], [s for s in samples if s.scene_id in wanted]
 
 
 def fold_split(samples, fold: int, folds: int, seed: int = 0):
