@@ -88,9 +88,10 @@ def test_converted_state_dict_matches_module_names_and_shapes(keras_model, conve
     assert all(value.dtype == np.int64 and value.shape == () for value in counters)
     float_values = sum(value.size for value in converted.values() if value.dtype == np.float32)
     assert float_values == keras_model.count_params()  # no Keras weight left out
-    assert model_config(keras_model) == {
-        "num_bands": 5, "task": "binary", "class_names": ["background", "glacier"], "class_values": [0, 255],
-        "aspp_rates": [6, 12, 18], "reduction": 16, "threshold": 0.5,
+    assert model_config(keras_model) == {  # the model's own configuration, less the statistics (buffers)
+        "num_bands": 5, "band_names": ["B1", "B2", "B3", "B4", "B5"], "task": "binary",
+        "class_names": ["background", "glacier"], "class_values": [0, 255], "aspp_rates": [6, 12, 18],
+        "reduction": 16, "dropout": 0.1, "output_stride": 16, "threshold": 0.5,
     }
 
 
