@@ -258,7 +258,9 @@ def train_one(config: TrainConfig, run_dir: Path, resume: bool, extra_callbacks:
     parallel.load_best(model, run_dir / "best.keras")
     # Every process evaluates its share; the confusion counts are summed over all of them.
     scores = model.evaluate(parallel.shard(val_seq), verbose=0, return_dict=True)
+    # Binary scores in their usual order; a multi-class run adds mean_iou and iou_<class> for every class.
     metrics = {key: float(scores[key]) for key in BINARY_METRICS if key in scores}
+    metrics.update({key: float(value) for key, value in scores.items() if key not in metrics})
     if not chief:  # the threshold, the model files and the figures are process 0's
         return RunResult(run_dir, config, metrics)
     figures = next(c for c in callbacks if isinstance(parallel.unwrap(c), FigureWriter))
