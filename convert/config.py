@@ -32,6 +32,13 @@ def _plain(value):
     return value
 
 
+def _run_threshold(run_config: dict | None) -> float:
+    """A run's chosen threshold: a number in its config; ``"auto"`` (chosen at the end, stored in the
+    model and run.json) or nothing means 0.5 here."""
+    value = (run_config or {}).get("threshold", 0.5)
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.5
+
+
 def model_config(model: keras.Model, run_config: dict | None = None) -> dict:
     """The configuration written into model.pth.
 
@@ -46,7 +53,7 @@ def model_config(model: keras.Model, run_config: dict | None = None) -> dict:
     if isinstance(own, dict) and "band_names" in own:
         config = {key: _plain(own[key]) for key in CONFIG_KEYS if key in own}
         config["num_bands"] = int(config.get("num_bands", model.inputs[0].shape[-1]))
-        config.setdefault("threshold", float((run_config or {}).get("threshold", 0.5)))
+        config.setdefault("threshold", _run_threshold(run_config))
         return config
     try:
         in_channels = int(model.inputs[0].shape[-1])
@@ -66,7 +73,7 @@ def model_config(model: keras.Model, run_config: dict | None = None) -> dict:
     config = {
         "num_bands": in_channels, "task": "binary", "class_names": list(BINARY_CLASSES), "class_values": [0, 255],
         "aspp_rates": list(rates), "reduction": channels // hidden,
-        "threshold": float((run_config or {}).get("threshold", 0.5)),
+        "threshold": _run_threshold(run_config),
     }
     names = (run_config or {}).get("band_names")
     if isinstance(names, list) and len(names) == in_channels:
