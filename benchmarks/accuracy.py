@@ -4,7 +4,8 @@ On the everest-west development set (12 real Landsat 7 tiles in 4 rows, see its 
 holds out one row of tiles (a row is a scene, so validation never touches training ground) and
 trains the default recipe, and a variant with ``--crop 128``, with exactly that row as validation
 (``--val-scenes``). Per fold it reports the MCC and IoU on the held-out row at the threshold the
-run chose and at 0.5, the epochs run and the wall time, next to two per-pixel baselines fitted on
+run chose and at 0.5 (on probabilities averaged over the four flip views, as predict and
+solution.py make them), the epochs run and the wall time, next to two per-pixel baselines fitted on
 the same fold's training rows (logistic regression and histogram gradient boosting on the band
 values): the network has to beat what the band values alone tell.
 
@@ -181,7 +182,7 @@ def history_facts(run_dir: Path) -> tuple[int | str, int | str]:
 
 
 def held_out_scores(run_dir: Path, config, threshold: float) -> dict[str, float]:
-    """MCC and IoU of the run's model on its validation tiles at ``threshold`` and at 0.5."""
+    """MCC and IoU of the run's model on its validation tiles (flip TTA) at ``threshold`` and at 0.5."""
     import keras
 
     from keras_glacier.data.stats import BandStats

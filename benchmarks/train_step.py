@@ -305,7 +305,8 @@ def run(
             row["mfu"] = step_flops / keras_s / peak if peak else None
         row["load"] = f"{load_before} -> {load_average()}"
         row["device"] = f"jax {jax_device.platform}, torch {device.type}"
-        row["timing"] = f"own process each, {rounds} rounds" if isolate else "alternating in one process"
+        row["timing"] = (f"own process each, {rounds} round{'s' if rounds != 1 else ''}" if isolate
+                         else "alternating in one process")
         rows.append(row)
     return rows
 

@@ -180,7 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: the model's threshold, chosen in training; 0.5 when it has none)")
     parser.add_argument("--bands", type=bands_argument, default=None,
                         help="npy slices only: comma-separated channels to feed the model (default: the run's "
-                        "config.json, else 1,2,3,5,9); band folders are always read whole, in band order")
+                        "config.json, else the competition preset 0,1,2,4,5); band folders are always read whole, "
+                        "in band order")
     parser.add_argument("--probabilities", action="store_true",
                         help=f"also write float32 probability TIFFs to OUT/{PROBABILITY_FOLDER}/")
     parser.add_argument("--scene", help="instead of --data: a whole Landsat scene to a georeferenced mask and outlines "

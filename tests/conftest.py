@@ -25,14 +25,34 @@ Fixtures (all read-only: copy into ``tmp_path`` before damaging or adding files)
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+
 import pytest
 
-from keras_glacier.data import compute_stats, discover, make_demo_band_folders, make_demo_dataset
+# One XLA compilation cache for the session, this process and every subprocess it starts (they inherit
+# the variable): many tests train or run the same network at the same shapes, and on 2 cores compiling
+# it costs more than running it. Set before the first import of JAX, which reads the variable then. A
+# developer's own JAX_COMPILATION_CACHE_DIR is kept (and kept on disk); ours goes with the session.
+# A size limit switches on JAX's file lock around every read and write (filelock comes with torch):
+# without it a process could read an entry another process is still writing (the two-process tests).
+_OWN_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
+if _OWN_CACHE:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="keras-glacier-xla-cache-")
+    os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(4 << 30))
+
+from keras_glacier.data import compute_stats, discover, make_demo_band_folders, make_demo_dataset  # noqa: E402
 
 DEMO_SCENES = 3
 DEMO_TILES_PER_SCENE = 4
 DEMO_SIZE = 64
 DEMO_TIFF_TILES = 6
+
+
+def pytest_unconfigure(config):
+    if _OWN_CACHE:
+        shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)

@@ -296,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with --split: which side of the split to evaluate (default val)")
     parser.add_argument("--bands", type=bands_argument, default=None,
                         help="npy slices only: comma-separated channels (default: the run's config.json, else "
-                        "1,2,3,5,9); they also define no-data pixels, which are ignored")
+                        "the competition preset 0,1,2,4,5); they also define no-data pixels, which are ignored")
     parser.add_argument("--threshold", type=float, default=None,
                         help="binary: glacier when probability > threshold, for --model and probability TIFFs "
                         "(default: the model's stored threshold, else 0.5)")

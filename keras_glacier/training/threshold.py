@@ -1,28 +1,48 @@
-"""The binary decision threshold, chosen for MCC on the validation tiles after training."""
+"""The binary decision threshold, chosen for MCC on the validation tiles after training.
+
+The threshold is applied by ``predict``, the Segmenter and ``solution.py`` to probabilities averaged
+over the four flip views (TTA is on by default there), and averaging pulls probabilities towards the
+middle, so it is chosen on those same averaged probabilities: a cut fitted to single-view
+probabilities would sit at the wrong place for what the product thresholds.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 
+from keras_glacier.shared import shared
 from keras_glacier.training.config import AUTO, TrainConfig
 
 
-def validation_probabilities(model, val_seq) -> tuple[np.ndarray, np.ndarray]:
-    """Glacier probabilities and labels of every validation pixel (flat; ignored pixels kept)."""
+def validation_probabilities(model, val_seq, tta: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Glacier probabilities and labels of every validation pixel (flat; ignored pixels kept).
+
+    ``tta``: average over solution.py's four flip views, each view one forward pass of the batch's
+    own shape (so nothing new is compiled).
+    """
+
+    def forward(x: np.ndarray) -> np.ndarray:
+        logits = np.asarray(model.predict_on_batch(x), dtype=np.float32)
+        return 1.0 / (1.0 + np.exp(-logits))
+
     probs, truths = [], []
     for index in range(len(val_seq)):
         x, y = val_seq[index]
-        logits = np.asarray(model.predict_on_batch(x), dtype=np.float32)[..., 0]
-        probs.append((1.0 / (1.0 + np.exp(-logits))).ravel())
+        x = np.asarray(x, dtype=np.float32)
+        prob = shared("_predict_batch", forward, x, 4 if tta else 1, len(x))
+        probs.append(prob[..., 0].ravel())
         truths.append(np.asarray(y)[..., 0].ravel())
     return np.concatenate(probs), np.concatenate(truths).astype(np.uint8)
 
 
-def choose_threshold(model, val_seq, config: TrainConfig) -> tuple[float, float]:
-    """The binary decision threshold: the validation-MCC-best one (``auto``) or the configured number."""
+def choose_threshold(model, val_seq, config: TrainConfig, tta: bool = True) -> tuple[float, float]:
+    """The binary decision threshold: the validation-MCC-best one (``auto``) or the configured number.
+
+    Scored on flip-averaged probabilities (``tta``), as the threshold is used (module docstring).
+    """
     from keras_glacier.metrics import best_threshold
 
-    prob, truth = validation_probabilities(model, val_seq)
+    prob, truth = validation_probabilities(model, val_seq, tta)
     if config.threshold == AUTO:
         threshold, mcc = best_threshold(truth, prob, ignore_index=255)
         return float(threshold), float(mcc)
