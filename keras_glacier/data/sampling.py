@@ -22,11 +22,8 @@ number of crops that tile the training area once (``sum ceil(h/crop) * ceil(w/cr
   early stopping after ~54 optimiser steps with the model still learning) now get up to 64 steps
   per epoch, so patience, warm-up and the cosine schedule count in useful units. The cap keeps the
   default 40-epoch budget within a CPU run of minutes rather than hours on large scenes;
-- at least ``MIN_STEPS`` steps: a small set of whole tiles (the Everest set without ``--crop``: 9
-  tiles, 3 steps) gets enough optimiser steps per validation for patience and the schedule to mean
-  something. At 8 steps the two folds of that set that train longest chose their best model in the
-  last two of the 40 epochs, still improving; 16 steps (640 in a full run, minutes on 2 cores at
-  160x160) let them finish (benchmarks/RESULTS.md, "Accuracy on everest-west").
+- at least ``MIN_STEPS`` steps, so a toy dataset still takes a few steps between validations
+  (each validation pass costs about as much as several training steps).
 """
 
 from __future__ import annotations
@@ -37,7 +34,7 @@ from collections.abc import Sequence
 import numpy as np
 
 #: Fewest optimiser steps in a default epoch.
-MIN_STEPS = 12
+MIN_STEPS = 8
 #: Most steps a default epoch spends covering the training area once.
 MAX_COVER_STEPS = 64
 
