@@ -186,6 +186,7 @@ def held_out_scores(run_dir: Path, config, threshold: float) -> dict[str, float]
     import keras
 
     from keras_glacier.data.stats import BandStats
+    from keras_glacier.inference import keras_forward
     from keras_glacier.training.data import make_datasets, prepare_data
     from keras_glacier.training.threshold import validation_probabilities
 
@@ -193,7 +194,7 @@ def held_out_scores(run_dir: Path, config, threshold: float) -> dict[str, float]
     stats = BandStats.load(run_dir / "stats.json")
     _, val_seq = make_datasets(config, run_dir, train, val, stats, bands)
     model = keras.saving.load_model(run_dir / "model.keras", compile=False)
-    prob, truth = validation_probabilities(model, val_seq)
+    prob, truth = validation_probabilities(keras_forward(model), val_seq)
     keep = truth != 255
     prob, truth = prob[keep], truth[keep] == 1
     at_t, at_half = scores(truth, prob > threshold), scores(truth, prob > 0.5)

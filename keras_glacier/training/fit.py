@@ -274,7 +274,9 @@ def finish_run(config: TrainConfig, run_dir: Path, model, val_seq, metrics: dict
     """Process 0: the decision threshold, model.keras, metrics.json, the figures and the export."""
     threshold = None
     if config.task == "binary":
-        threshold, threshold_mcc = choose_threshold(model, val_seq, config)
+        from keras_glacier.inference import keras_forward
+
+        threshold, threshold_mcc = choose_threshold(keras_forward(model), val_seq, config)
         threshold = min(max(threshold, 1e-6), 1.0 - 1e-6)  # a probability strictly inside (0, 1), as models need
         metrics.update(threshold=threshold, threshold_mcc=threshold_mcc)
         if hasattr(model, "threshold"):

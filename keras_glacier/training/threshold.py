@@ -14,17 +14,13 @@ from keras_glacier.shared import shared
 from keras_glacier.training.config import AUTO, TrainConfig
 
 
-def validation_probabilities(model, val_seq, tta: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def validation_probabilities(forward, val_seq, tta: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Glacier probabilities and labels of every validation pixel (flat; ignored pixels kept).
 
-    ``tta``: average over solution.py's four flip views, each view one forward pass of the batch's
-    own shape (so nothing new is compiled).
+    ``forward``: a ``solution.Forward`` giving probabilities, for a Keras model
+    ``inference.keras_forward(model)``, the one predict and the Segmenter use. ``tta``: average over
+    solution.py's four flip views, each view one pass of the batch's own shape.
     """
-
-    def forward(x: np.ndarray) -> np.ndarray:
-        logits = np.asarray(model.predict_on_batch(x), dtype=np.float32)
-        return 1.0 / (1.0 + np.exp(-logits))
-
     probs, truths = [], []
     for index in range(len(val_seq)):
         x, y = val_seq[index]
@@ -35,14 +31,14 @@ def validation_probabilities(model, val_seq, tta: bool = True) -> tuple[np.ndarr
     return np.concatenate(probs), np.concatenate(truths).astype(np.uint8)
 
 
-def choose_threshold(model, val_seq, config: TrainConfig, tta: bool = True) -> tuple[float, float]:
+def choose_threshold(forward, val_seq, config: TrainConfig, tta: bool = True) -> tuple[float, float]:
     """The binary decision threshold: the validation-MCC-best one (``auto``) or the configured number.
 
-    Scored on flip-averaged probabilities (``tta``), as the threshold is used (module docstring).
+    Scored on flip-averaged probabilities (``tta``) of ``forward``, as the threshold is used (module docstring).
     """
     from keras_glacier.metrics import best_threshold
 
-    prob, truth = validation_probabilities(model, val_seq, tta)
+    prob, truth = validation_probabilities(forward, val_seq, tta)
     if config.threshold == AUTO:
         threshold, mcc = best_threshold(truth, prob, ignore_index=255)
         return float(threshold), float(mcc)

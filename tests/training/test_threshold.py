@@ -17,13 +17,13 @@ def mcc_at(truth, prob, threshold):
 
 
 class LogitsModel:
-    """Answers each batch with fixed logits, as model.predict_on_batch does: (B, H, W, 1)."""
+    """A forward answering each batch with the probabilities of fixed logits: (B, H, W, 1)."""
 
     def __init__(self, logits):
         self.logits = logits
 
-    def predict_on_batch(self, x):
-        return self.logits[x[:, 0, 0, 0].astype(int)]
+    def __call__(self, x):
+        return 1.0 / (1.0 + np.exp(-self.logits[x[:, 0, 0, 0].astype(int)]))
 
 
 def batches(truth, n_batches=3):
@@ -56,15 +56,15 @@ def test_a_configured_threshold_is_kept_and_scored():
 
 
 class PixelModel:
-    """A network that is not flip-equivariant: its logit is a fixed map, whatever the view."""
+    """A forward that is not flip-equivariant: its logit is a fixed map, whatever the view."""
 
     def __init__(self, logits):
         self.logits = logits
         self.shapes = []
 
-    def predict_on_batch(self, x):
+    def __call__(self, x):
         self.shapes.append(x.shape)
-        return np.broadcast_to(self.logits, (len(x), *self.logits.shape))
+        return 1.0 / (1.0 + np.exp(-np.broadcast_to(self.logits, (len(x), *self.logits.shape))))
 
 
 def test_threshold_is_chosen_on_the_flip_averaged_probabilities_the_product_thresholds():
