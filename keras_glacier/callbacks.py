@@ -1,4 +1,4 @@
-"""Training callbacks that keras does not ship: figures written as the run goes."""
+"""Training callbacks that keras does not ship: the averaged weights swapped in, figures written as the run goes."""
 
 from __future__ import annotations
 
@@ -70,3 +70,51 @@ class FigureWriter(keras.callbacks.Callback):
         plot_predictions(self.val_images, self.val_truths, probs, path or self.run_dir / "predictions.png",
                          self.lo, self.hi, class_names=self.class_names,
                          threshold=float(getattr(self.model, "threshold", 0.5)))
+
+
+class AveragedWeights(keras.callbacks.Callback):
+    """Puts the optimiser's moving average of the weights into the model for validation and for the
+    callbacks after this one at the end of each epoch (checkpoint, early stopping, figures), and
+    the raw weights back before the next epoch trains (keras_glacier.training.optimizer says why).
+
+    Keras' ``SwapEMAWeights`` does the same through host memory (``convert_to_numpy``), which a
+    job of several processes cannot do with arrays that span all of them; the swap here stays
+    with the arrays where they are.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.averaged_in_model = False
+        self.swapped_for_test = False
+
+    def pairs(self):
+        optimizer = self.model.optimizer
+        if not getattr(optimizer, "use_ema", False):
+            raise ValueError("AveragedWeights needs an optimizer with use_ema=True")
+        return zip(optimizer._trainable_variables, optimizer._model_variables_moving_average)
+
+    def swap(self) -> None:
+        for var, average in self.pairs():
+            raw = var.value
+            var.assign(average.value)
+            average.assign(raw)
+        self.averaged_in_model = not self.averaged_in_model
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.averaged_in_model:
+            self.swap()
+
+    def on_test_begin(self, logs=None):
+        self.swapped_for_test = not self.averaged_in_model
+        if self.swapped_for_test:
+            self.swap()
+
+    def on_test_end(self, logs=None):
+        if self.swapped_for_test:
+            self.swap()
+            self.swapped_for_test = False
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self.averaged_in_model:
+            self.swap()
+

@@ -154,6 +154,28 @@ def predict_folder(
     return PredictSummary(len(paths), time.perf_counter() - start, out, tuple(paths))
 
 
+def add_tiling_arguments(parser: argparse.ArgumentParser, *, batch_help: str, tta: bool = True,
+                         only: str = "") -> None:
+    """The flags of sliding-window inference, one meaning for every command that predicts
+    (tiles here, whole scenes in keras_glacier.scenes.cli, on-the-fly scoring in evaluate).
+
+    ``batch_help`` says what one batch is for that command; ``only`` prefixes the window flags'
+    help where they apply to one mode (evaluate: ``"--model: "``); ``tta=False`` leaves out
+    ``--no-tta`` for a command that decides the views itself.
+    """
+    if tta:
+        parser.add_argument("--no-tta", action="store_true",
+                            help="predict each window once instead of averaging the four flips (4x faster)")
+    parser.add_argument("--window", type=int, default=DEFAULT_WINDOW,
+                        help=f"{only}inputs larger than this are cut into overlapping windows of this size, a "
+                        f"multiple of 16 (default {DEFAULT_WINDOW})")
+    parser.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP,
+                        help=f"{only}minimum overlap of neighbouring windows, blended linearly (default "
+                        f"{DEFAULT_OVERLAP})")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+                        help=f"{batch_help}, each TTA flip counting as one (default {DEFAULT_BATCH_SIZE})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m keras_glacier.predict",
@@ -165,16 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="tiles to predict: band folders Band1..BandN/*.tif, or HKH slice_<i>_image_<j>.npy files")
     parser.add_argument("--out", required=True, type=Path,
                         help="folder for the masks (created); must not be an input folder")
-    parser.add_argument("--no-tta", action="store_true",
-                        help="predict each window once instead of averaging the four flips (4x faster)")
-    parser.add_argument("--window", type=int, default=DEFAULT_WINDOW,
-                        help=f"tiles larger than this are cut into overlapping windows of this size, a multiple "
-                        f"of 16 (default {DEFAULT_WINDOW})")
-    parser.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP,
-                        help=f"minimum overlap of neighbouring windows, blended linearly (default {DEFAULT_OVERLAP})")
-    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
-                        help=f"tiles read at a time, and images per forward pass, each TTA flip counting as one "
-                             f"(default {DEFAULT_BATCH_SIZE})")
+    add_tiling_arguments(parser, batch_help="tiles read at a time, and images per forward pass")
     parser.add_argument("--threshold", type=float, default=None,
                         help="binary models: a pixel is glacier when its probability is strictly above this "
                         "(default: the model's threshold, chosen in training; 0.5 when it has none)")

@@ -326,3 +326,19 @@ def test_multiclass_masks_are_phase2_values_of_the_argmax(geo_root, demo_stats, 
         assert probability.shape[0] == 3  # one plane per class
         expected = np.array([0, 85, 170], np.uint8)[np.argmax(probability, axis=0)]
         np.testing.assert_array_equal(tifffile.imread(out / sample.name), expected)
+
+
+def test_tiling_flags_mean_the_same_in_every_command_that_predicts():
+    """predict (tiles), predict --scene and evaluate --model share one definition of the window flags."""
+    from keras_glacier.evaluate import cli as evaluate_cli
+    from keras_glacier.scenes import cli as scene_cli
+
+    tiles = predict.build_parser().parse_args(["m", "--data", "d", "--out", "o"])
+    scene = scene_cli.build_parser().parse_args(["m", "--scene", "s", "--out", "o"])
+    scored = evaluate_cli.build_parser().parse_args(["--labels-from", "l", "--out", "o"])
+    expected = (solution.DEFAULT_WINDOW, solution.DEFAULT_OVERLAP, solution.DEFAULT_BATCH_SIZE)
+    for args in (tiles, scene, scored):
+        assert (args.window, args.overlap, args.batch_size) == expected
+    assert tiles.no_tta is False and scene.no_tta is False and not hasattr(scored, "no_tta")
+    window = predict.build_parser().parse_args(["m", "--data", "d", "--out", "o", "--window", "96", "--no-tta"])
+    assert window.window == 96 and window.no_tta

@@ -44,7 +44,7 @@ from keras_glacier.inference import (
     predict_probabilities,
 )
 from keras_glacier.metrics import confusion_matrix
-from keras_glacier.predict import DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP, DEFAULT_WINDOW
+from keras_glacier.predict import DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP, DEFAULT_WINDOW, add_tiling_arguments
 
 CSV_COLUMNS = ("tile", "variant", *COUNT_NAMES, *SCORE_NAMES)
 PRED, TTA, NO_TTA = "pred", "tta", "no_tta"
@@ -300,11 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threshold", type=float, default=None,
                         help="binary: glacier when probability > threshold, for --model and probability TIFFs "
                         "(default: the model's stored threshold, else 0.5)")
-    parser.add_argument("--window", type=int, default=DEFAULT_WINDOW, help="--model: tiling window, a multiple of 16")
-    parser.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP, help="--model: minimum overlap of windows")
-    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
-                        help="tiles read at a time, and with --model images per forward pass, each TTA flip counting "
-                             "as one (default 4)")
+    add_tiling_arguments(parser, batch_help="tiles read at a time, and with --model images per forward pass",
+                         tta=False, only="--model: ")
     parser.add_argument("--worst", type=int, default=DEFAULT_WORST,
                         help=f"number of worst tiles (by per-tile MCC, then IoU) in {WORST_PNG} "
                         f"(default {DEFAULT_WORST})")

@@ -15,7 +15,7 @@ from keras_glacier.scenes.predict import DEFAULT_MIN_AREA
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from keras_glacier.predict import DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP, DEFAULT_WINDOW
+    from keras_glacier.predict import add_tiling_arguments
 
     parser = argparse.ArgumentParser(
         prog="python -m keras_glacier.predict",
@@ -35,13 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
                         f"the RGI's smallest glacier); the mask keeps every pixel")
     parser.add_argument("--probabilities", action="store_true",
                         help="also write <scene>_probabilities.tif (float32, one band per output)")
-    parser.add_argument("--no-tta", action="store_true", help="predict each window once instead of four flips")
-    parser.add_argument("--window", type=int, default=DEFAULT_WINDOW,
-                        help=f"window size, a multiple of 16 (default {DEFAULT_WINDOW})")
-    parser.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP,
-                        help=f"minimum overlap of neighbouring windows, blended linearly (default {DEFAULT_OVERLAP})")
-    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
-                        help=f"images per forward pass, each TTA flip counting as one (default {DEFAULT_BATCH_SIZE})")
+    add_tiling_arguments(parser, batch_help="images per forward pass")
     parser.add_argument("--threshold", type=float, default=None,
                         help="binary models: glacier where probability > this (default: the model's, else 0.5)")
     return parser

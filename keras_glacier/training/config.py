@@ -35,6 +35,9 @@ RESUMABLE = ("epochs", "workers")
 
 #: Keys of config.json files written before TrainConfig, mapped to their field.
 _LEGACY_FLAGS = {"no_aug": "augment", "no_export": "export"}
+#: Fields added after runs were already saved, with the value those runs trained with (which is
+#: not the new default): resuming an older run must not change how it trains.
+_BEFORE_THE_FIELD = {"ema": 0.0}
 
 
 def _setting(default: Any, help: str, *, flag: str | None = None, choices: tuple | None = None,
@@ -82,6 +85,10 @@ class TrainConfig:
         "(use 512 on accelerators)")
     lr: float = _setting(1e-3, "peak AdamW learning rate (after a linear warm-up, then cosine decay)")
     weight_decay: float = _setting(1e-4, "AdamW weight decay")
+    ema: float = _setting(
+        0.99, "momentum of the moving average of the weights that validation, checkpoints and the exported model "
+        "use (ramped up over the first steps, see keras_glacier.training.optimizer); 0 = the raw weights",
+        metavar="MOMENTUM")
     loss: str = _setting(
         "bce_dice", "training loss: bce_dice (alpha * BCE + (1 - alpha) * Dice), focal, tversky or lovasz",
         choices=LOSSES)
@@ -163,6 +170,8 @@ class TrainConfig:
             raise UsageError(f"--lr must be positive, got {self.lr}")
         if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
             raise UsageError(f"--weight-decay must be zero or positive, got {self.weight_decay}")
+        if not (isinstance(self.ema, (int, float)) and 0.0 <= self.ema < 1.0):
+            raise UsageError(f"--ema must lie in [0, 1) (0 turns the weight average off), got {self.ema!r}")
         for name, choices in (("task", TASKS), ("loss", LOSSES), ("class_weights", CLASS_WEIGHTS),
                               ("precision", PRECISIONS), ("distribute", DISTRIBUTIONS)):
             if getattr(self, name) not in choices:
@@ -199,6 +208,7 @@ class TrainConfig:
             raise UsageError(f"{source}: expected a JSON object of settings")
         names = {f.name for f in dataclasses.fields(cls)}
         values = {key: value for key, value in saved.items() if key in names}
+        values.update({key: value for key, value in _BEFORE_THE_FIELD.items() if key not in saved})
         for old, new in _LEGACY_FLAGS.items():
             if old in saved and new not in saved and saved[old] is not None:
                 values[new] = not saved[old]

@@ -19,6 +19,7 @@ from keras_glacier.fileio import save_keras_model, write_json
 from keras_glacier.training import parallel
 from keras_glacier.training.config import AUTO, TrainConfig
 from keras_glacier.training.data import effective_crop, fold_split, make_datasets, prepare_data, resolve_bands
+from keras_glacier.training.optimizer import make_optimizer
 from keras_glacier.training.run_folder import (
     CONFIG_FILE,
     METRICS_FILE,
@@ -110,22 +111,6 @@ def class_weights_for(config: TrainConfig, summary) -> list[float] | None:
     return auto_class_weights(summary.counts)
 
 
-def make_optimizer(config: TrainConfig, steps_per_epoch: int):
-    """AdamW under a cosine decay with a short linear warm-up, the usual recipe for DeepLab from scratch.
-
-    Both count optimiser steps of ``steps_per_epoch`` (sampled crops / batch), so they follow the
-    epoch size the sampler chose.
-    """
-    import keras
-
-    total = max(1, config.epochs * steps_per_epoch)
-    warmup = min(max(1, steps_per_epoch), total // 10 + 1)
-    schedule = keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=config.lr * 0.1, decay_steps=max(1, total - warmup), alpha=0.01,
-        warmup_target=config.lr, warmup_steps=warmup)
-    return keras.optimizers.AdamW(learning_rate=schedule, weight_decay=config.weight_decay)
-
-
 def compile_model(model, config: TrainConfig, steps_per_epoch: int,
                   class_names: Sequence[str] = ("background", "glacier"),
                   class_weights: Sequence[float] | None = None) -> None:
@@ -147,7 +132,7 @@ def make_callbacks(config: TrainConfig, run_dir: Path, train_seq, val_seq, stats
                    class_names: Sequence[str] = ("background", "glacier")):
     import keras
 
-    from keras_glacier.callbacks import FigureWriter
+    from keras_glacier.callbacks import AveragedWeights, FigureWriter
     from keras_glacier.data.dataset import EpochSync
 
     preview = [val_seq.load(i) for i in range(min(3, len(val_seq.samples)))]
@@ -156,9 +141,13 @@ def make_callbacks(config: TrainConfig, run_dir: Path, train_seq, val_seq, stats
     # Under a distribution the writers run on process 0 only, from a local copy of the model;
     # EarlyStopping and the backup run on every process (they change what every process does).
     writer = parallel.chief_only
+    # With a weight average, validation and the callbacks after AveragedWeights see the averaged
+    # weights; the backup before it keeps the raw ones that training continues from.
+    average = [AveragedWeights()] if config.ema > 0 else []
     return [
         EpochSync(train_seq, val_seq),
         parallel.backup_and_restore(run_dir / "backup"),
+        *average,
         writer(keras.callbacks.ModelCheckpoint(str(run_dir / "best.keras"), monitor=MONITOR, mode=MONITOR_MODE,
                                                save_best_only=True, initial_value_threshold=best)),
         keras.callbacks.EarlyStopping(monitor=MONITOR, mode=MONITOR_MODE, patience=config.patience,
