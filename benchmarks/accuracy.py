@@ -7,7 +7,9 @@ trains the default recipe, and a variant with ``--crop 128``, with exactly that 
 run chose and at 0.5 (on probabilities averaged over the four flip views, as predict and
 solution.py make them), the epochs run and the wall time, next to two per-pixel baselines fitted on
 the same fold's training rows (logistic regression and histogram gradient boosting on the band
-values): the network has to beat what the band values alone tell.
+values): the network has to beat what the band values alone tell. With several ``--seeds``, each
+fold also gets an "ensemble" row: the seeds' probabilities averaged, as a ``model.pth`` packed from
+those runs would give (``python -m convert RUN_A RUN_B``).
 
 Nothing is asserted: the figures are written as a markdown table to the terminal and to the
 "Accuracy on everest-west" section of benchmarks/RESULTS.md (one ``### <label>`` subsection per
@@ -181,8 +183,38 @@ def history_facts(run_dir: Path) -> tuple[int | str, int | str]:
     return (len(mcc), int(np.argmax(mcc)) + 1) if mcc else ("", "")
 
 
-def held_out_scores(run_dir: Path, config, threshold: float) -> dict[str, float]:
-    """MCC and IoU of the run's model on its validation tiles (flip TTA) at ``threshold`` and at 0.5."""
+def probability_scores(prob: np.ndarray, truth: np.ndarray, threshold: float) -> dict[str, float]:
+    """The held-out columns of a row: MCC and IoU at ``threshold`` and at 0.5 (labelled pixels only)."""
+    keep = truth != 255
+    prob, truth = prob[keep], truth[keep] == 1
+    at_t, at_half = scores(truth, prob > threshold), scores(truth, prob > 0.5)
+    return {"MCC@t": at_t["mcc"], "IoU@t": at_t["iou"], "t": threshold,
+            "MCC@0.5": at_half["mcc"], "IoU@0.5": at_half["iou"]}
+
+
+def ensemble_row(variant: str, fold: int, val_scene: str, members: Sequence[tuple[int, np.ndarray, np.ndarray, float]]
+                 ) -> dict:
+    """The row of an ensemble of ``members`` (seed, held-out probabilities, labels, wall s) of one fold.
+
+    Their probabilities are averaged, as ``python -m convert RUN_A RUN_B`` and solution.py do, and the
+    threshold is chosen on the averaged map for MCC, as a single run chooses its own on its validation
+    tiles (here, as there, the held-out row). The wall time is the members' sum: the ensemble costs
+    every member's training.
+    """
+    from keras_glacier.metrics.threshold import best_threshold
+
+    truth = members[0][2]
+    if any(m[2].shape != truth.shape or not np.array_equal(m[2], truth) for m in members):
+        raise ValueError(f"fold {fold}: ensemble members were scored on different pixels")
+    prob = np.mean([m[1] for m in members], axis=0)
+    threshold, _ = best_threshold(truth, prob)
+    return {"fold": fold, "variant": f"{variant} ensemble", "seed": "+".join(str(m[0]) for m in members),
+            "val": val_scene, "epochs": "", "best": "", "wall s": float(sum(m[3] for m in members)),
+            **probability_scores(prob, truth, float(threshold))}
+
+
+def held_out_probabilities(run_dir: Path, config) -> tuple[np.ndarray, np.ndarray]:
+    """The run's flip-averaged glacier probabilities on its validation tiles, and their labels."""
     import keras
 
     from keras_glacier.data.stats import BandStats
@@ -194,16 +226,12 @@ def held_out_scores(run_dir: Path, config, threshold: float) -> dict[str, float]
     stats = BandStats.load(run_dir / "stats.json")
     _, val_seq = make_datasets(config, run_dir, train, val, stats, bands)
     model = keras.saving.load_model(run_dir / "model.keras", compile=False)
-    prob, truth = validation_probabilities(keras_forward(model), val_seq)
-    keep = truth != 255
-    prob, truth = prob[keep], truth[keep] == 1
-    at_t, at_half = scores(truth, prob > threshold), scores(truth, prob > 0.5)
-    return {"MCC@t": at_t["mcc"], "IoU@t": at_t["iou"], "t": threshold,
-            "MCC@0.5": at_half["mcc"], "IoU@0.5": at_half["iou"]}
+    return validation_probabilities(keras_forward(model), val_seq)
 
 
-def run_fold(data: Path, val_scene: str, variant: str, seed: int, settings: dict, work: Path) -> dict:
-    """Train one fold's run and score it on the held-out scene."""
+def run_fold(data: Path, val_scene: str, variant: str, seed: int, settings: dict, work: Path
+             ) -> tuple[dict, tuple[np.ndarray, np.ndarray]]:
+    """Train one fold's run and score it on the held-out scene: (row, (probabilities, labels))."""
     from keras_glacier.training.config import TrainConfig
     from keras_glacier.training.fit import train
 
@@ -216,8 +244,10 @@ def run_fold(data: Path, val_scene: str, variant: str, seed: int, settings: dict
     wall = time.perf_counter() - start
     threshold = float(result.threshold if result.threshold is not None else 0.5)
     epochs, best = history_facts(run_dir)
-    return {"variant": variant, "seed": seed, "val": val_scene, "epochs": epochs, "best": best,
-            "wall s": wall, **held_out_scores(run_dir, config, threshold)}
+    prob, truth = held_out_probabilities(run_dir, config)
+    row = {"variant": variant, "seed": seed, "val": val_scene, "epochs": epochs, "best": best,
+           "wall s": wall, **probability_scores(prob, truth, threshold)}
+    return row, (prob, truth)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -260,19 +290,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ImportError as exc:
         print(f"[accuracy] per-pixel baselines skipped: {exc} (pip install scikit-learn)", flush=True)
 
-    rows, load_start, start = [], os.getloadavg()[0], time.perf_counter()
+    rows, ensembles, load_start, start = [], [], os.getloadavg()[0], time.perf_counter()
     total = len(variants) * len(seeds) * len(folds)
+    members = {}  # (variant, fold) -> [(seed, probabilities, labels, wall s)]: seeds >= 2 make an ensemble
     with tempfile.TemporaryDirectory(prefix="glacier-accuracy-") as tmp:
         for variant in variants:
             for seed in seeds:
                 for f in folds:
-                    row = {"fold": f, **run_fold(args.data, scenes[f], variant, seed, settings, Path(tmp))}
-                    row["LR MCC"] = baselines.get(f, {}).get("LR", {}).get("mcc", "")
-                    row["GB MCC"] = baselines.get(f, {}).get("GB", {}).get("mcc", "")
+                    row, (prob, truth) = run_fold(args.data, scenes[f], variant, seed, settings, Path(tmp))
+                    row = {"fold": f, **row, **baseline_columns(baselines, f)}
                     rows.append(row)
                     print(f"[accuracy] {row}", flush=True)
-                    report(rows, args, argv, load_start, start, done=len(rows) == total)
+                    members.setdefault((variant, f), []).append((seed, prob, truth, row["wall s"]))
+                    if len(seeds) > 1 and seed == seeds[-1]:
+                        ensembles.append({**ensemble_row(variant, f, scenes[f], members.pop((variant, f))),
+                                          **baseline_columns(baselines, f)})
+                        print(f"[accuracy] {ensembles[-1]}", flush=True)
+                    report([*rows, *ensembles], args, argv, load_start, start, done=len(rows) == total)
     return 0
+
+
+def baseline_columns(baselines: dict, fold: int) -> dict:
+    return {name + " MCC": baselines.get(fold, {}).get(name, {}).get("mcc", "") for name in ("LR", "GB")}
 
 
 def report(rows, args, argv, load_start: float, start: float, done: bool) -> None:

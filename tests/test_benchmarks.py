@@ -111,6 +111,20 @@ def test_accuracy_folds_baselines_and_section(tmp_path):
     assert "### before\n\ntable 3" in text and "### after\n\ntable 2" in text and "table 1" not in text
 
 
+def test_accuracy_ensemble_row_averages_the_seeds_probabilities():
+    """Two seeds that each get one half of the glacier wrong agree on the truth once averaged."""
+    truth = np.array([1, 1, 1, 1, 0, 0, 0, 0, 255], dtype=np.uint8)
+    a = np.array([0.9, 0.9, 0.4, 0.4, 0.1, 0.1, 0.6, 0.6, 0.9], dtype=np.float32)
+    b = np.array([0.4, 0.4, 0.9, 0.9, 0.6, 0.6, 0.1, 0.1, 0.0], dtype=np.float32)
+    single = accuracy.probability_scores(a, truth, 0.5)
+    assert single["MCC@0.5"] == pytest.approx(0.0)
+    row = accuracy.ensemble_row("default", 2, "02", [(0, a, truth, 100.0), (1, b, truth, 50.0)])
+    assert row["variant"] == "default ensemble" and row["seed"] == "0+1" and row["wall s"] == 150.0
+    assert row["MCC@t"] == pytest.approx(1.0) and row["IoU@t"] == pytest.approx(1.0) and 0.35 < row["t"] < 0.65
+    with pytest.raises(ValueError, match="different pixels"):
+        accuracy.ensemble_row("default", 2, "02", [(0, a, truth, 1.0), (1, b, truth[::-1].copy(), 1.0)])
+
+
 def test_rewriting_the_report_keeps_the_accuracy_section(tmp_path):
     out = tmp_path / "RESULTS.md"
     assert run_all.kept_sections(out) == ""
