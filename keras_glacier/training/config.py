@@ -126,9 +126,7 @@ class TrainConfig:
         None, "initialise the encoder: 'imagenet' (torchvision's ResNet-34 weights, downloaded once into the "
         "torch hub cache and checked against their hash) or a torchvision-layout ResNet-34 state dict (.pth); "
         "the 3-channel stem is adapted to the number of bands", metavar="imagenet|FILE")
-    patience: int = _setting(
-        10, "stop after this many epochs without a better validation MCC, counted in the second half of the "
-        "epochs only (the first half trains at a high learning rate; the best epoch is kept either way)")
+    patience: int = _setting(10, "stop after this many epochs without a better validation MCC")
     workers: int = _setting(2, "loader threads")
     demo_tiles: int = _setting(64, "with no --data: number of demo tiles to generate")
     demo_size: int = _setting(128, "with no --data: height and width of the demo tiles")

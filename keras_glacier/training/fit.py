@@ -128,17 +128,6 @@ def best_so_far(csv_path: Path, key: str = MONITOR) -> float | None:
     return max(values) if values else None
 
 
-def first_stop_epoch(config: TrainConfig) -> int:
-    """Early stopping watches the second half of the epoch budget only.
-
-    Under the cosine schedule a model is judged before it has annealed in the first half: on the
-    small everest-west folds, runs stopped at epochs 18-25 of 40 (patience 10) with the learning
-    rate still above half its peak, and the same runs trained on to the end reached their best
-    epoch at 29-33. The checkpoint still keeps the best epoch of the whole run.
-    """
-    return config.epochs // 2
-
-
 def make_callbacks(config: TrainConfig, run_dir: Path, train_seq, val_seq, stats, resume: bool,
                    class_names: Sequence[str] = ("background", "glacier")):
     import keras
@@ -162,7 +151,7 @@ def make_callbacks(config: TrainConfig, run_dir: Path, train_seq, val_seq, stats
         writer(keras.callbacks.ModelCheckpoint(str(run_dir / "best.keras"), monitor=MONITOR, mode=MONITOR_MODE,
                                                save_best_only=True, initial_value_threshold=best)),
         keras.callbacks.EarlyStopping(monitor=MONITOR, mode=MONITOR_MODE, patience=config.patience,
-                                      start_from_epoch=first_stop_epoch(config), restore_best_weights=True),
+                                      restore_best_weights=True),
         writer(keras.callbacks.CSVLogger(str(csv_log), append=resume)),
         writer(FigureWriter(run_dir, np.stack([p[0] for p in preview]), np.stack([p[1] for p in preview]),
                             stats.lo, stats.hi, csv_log=csv_log,
