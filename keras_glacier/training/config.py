@@ -35,9 +35,6 @@ RESUMABLE = ("epochs", "workers")
 
 #: Keys of config.json files written before TrainConfig, mapped to their field.
 _LEGACY_FLAGS = {"no_aug": "augment", "no_export": "export"}
-#: Fields added after runs were already saved, with the value those runs trained with (which is
-#: not the new default): resuming an older run must not change how it trains.
-_BEFORE_THE_FIELD = {"ema": 0.0}
 
 
 def _setting(default: Any, help: str, *, flag: str | None = None, choices: tuple | None = None,
@@ -86,8 +83,8 @@ class TrainConfig:
     lr: float = _setting(1e-3, "peak AdamW learning rate (after a linear warm-up, then cosine decay)")
     weight_decay: float = _setting(1e-4, "AdamW weight decay")
     ema: float = _setting(
-        0.99, "momentum of the moving average of the weights that validation, checkpoints and the exported model "
-        "use (ramped up over the first steps, see keras_glacier.training.optimizer); 0 = the raw weights",
+        0.0, "validate, checkpoint and export a moving average of the weights with this momentum (e.g. 0.99, "
+        "ramped up over the first steps, see keras_glacier.training.optimizer); 0 = the raw weights",
         metavar="MOMENTUM")
     loss: str = _setting(
         "bce_dice", "training loss: bce_dice (alpha * BCE + (1 - alpha) * Dice), focal, tversky or lovasz",
@@ -208,7 +205,6 @@ class TrainConfig:
             raise UsageError(f"{source}: expected a JSON object of settings")
         names = {f.name for f in dataclasses.fields(cls)}
         values = {key: value for key, value in saved.items() if key in names}
-        values.update({key: value for key, value in _BEFORE_THE_FIELD.items() if key not in saved})
         for old, new in _LEGACY_FLAGS.items():
             if old in saved and new not in saved and saved[old] is not None:
                 values[new] = not saved[old]

@@ -95,19 +95,30 @@ def test_callback_refuses_an_optimizer_without_an_average():
         model.fit(np.zeros((4, 3)), np.zeros((4, 1)), epochs=1, verbose=0, callbacks=[AveragedWeights()])
 
 
-def test_ema_setting_chooses_the_optimizer_and_is_checked():
-    assert isinstance(make_optimizer(TrainConfig(), 8), AveragedAdamW)
-    off = make_optimizer(TrainConfig(ema=0.0), 8)
-    assert not getattr(off, "use_ema", False)
+def test_ema_setting_chooses_the_optimizer_and_is_checked(tmp_path):
+    off = make_optimizer(TrainConfig(), 8)
+    assert not getattr(off, "use_ema", False), "the raw weights by default"
+    averaged = make_optimizer(TrainConfig(ema=0.99), 8)
+    assert isinstance(averaged, AveragedAdamW) and averaged.use_ema and averaged.ema_momentum == 0.99
     from keras_glacier.errors import UsageError
 
     with pytest.raises(UsageError, match="--ema"):
         TrainConfig(ema=1.0)
-
-
-def test_runs_saved_before_the_setting_resume_without_averaging(tmp_path):
     saved = TrainConfig(epochs=3).to_dict()
-    del saved["ema"]
+    del saved["ema"]  # a run saved before the setting existed resumes as it trained
     (tmp_path / "config.json").write_text(json.dumps(saved))
     assert TrainConfig.from_run(tmp_path).ema == 0.0
     assert TrainConfig.from_dict(TrainConfig(ema=0.5).to_dict()).ema == 0.5
+
+
+def test_training_job_validates_and_exports_the_average(tmp_path):
+    """--ema end to end: the history's best validation MCC is that of the exported (averaged) model."""
+    from keras_glacier.callbacks import read_history
+    from keras_glacier.training.fit import train
+
+    result = train(TrainConfig(out=str(tmp_path / "run"), epochs=2, demo_tiles=8, demo_size=64, batch_size=2,
+                               workers=1, samples_per_epoch=6, ema=0.9, export=False))
+    val_mcc = read_history(tmp_path / "run" / "history.csv")["val_mcc"]
+    assert result.metrics["mcc"] == pytest.approx(max(val_mcc), abs=1e-5)
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["ema"] == 0.9
