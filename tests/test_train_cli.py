@@ -91,8 +91,13 @@ class KillAfterEpoch(keras.callbacks.Callback):
 
 
 def test_resume_continues_from_the_saved_epoch(tmp_path):
+    """Killed after epoch 0 and resumed; with the weight average on (--ema), whose raw weights the backup
+    keeps and whose average validation, the checkpoint and the saved model use."""
+    from keras_glacier.callbacks import read_history
+
     run_dir = tmp_path / "run"
-    args = train.build_parser().parse_args(["--out", str(run_dir), "--epochs", "2", "--no-export", *TINY])
+    args = train.build_parser().parse_args(["--out", str(run_dir), "--epochs", "2", "--no-export", "--ema", "0.9",
+                                            *TINY])
     with pytest.raises(RuntimeError, match="killed"):
         train.train(train.config_from_args(args), callbacks=[KillAfterEpoch(0)])
     assert (run_dir / "backup").is_dir() and not (run_dir / "model.keras").exists()
@@ -100,10 +105,11 @@ def test_resume_continues_from_the_saved_epoch(tmp_path):
 
     seen = []
     args = train.build_parser().parse_args(["--out", str(run_dir), "--resume"])
-    train.train(train.config_from_args(args), resume=True, callbacks=[RecordEpochs(seen)])
+    result = train.train(train.config_from_args(args), resume=True, callbacks=[RecordEpochs(seen)])
     assert seen == [1], "the resumed run starts at the epoch after the last completed one"
     assert history_epochs(run_dir) == [0, 1]
-    assert (run_dir / "model.keras").is_file()
+    assert (run_dir / "model.keras").is_file() and result.config.ema == 0.9
+    assert result.metrics["mcc"] == pytest.approx(max(read_history(run_dir / "history.csv")["val_mcc"]), abs=1e-5)
 
 
 class RecordEpochs(keras.callbacks.Callback):

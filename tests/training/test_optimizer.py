@@ -109,16 +109,3 @@ def test_ema_setting_chooses_the_optimizer_and_is_checked(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(saved))
     assert TrainConfig.from_run(tmp_path).ema == 0.0
     assert TrainConfig.from_dict(TrainConfig(ema=0.5).to_dict()).ema == 0.5
-
-
-def test_training_job_validates_and_exports_the_average(tmp_path):
-    """--ema end to end: the history's best validation MCC is that of the exported (averaged) model."""
-    from keras_glacier.callbacks import read_history
-    from keras_glacier.training.fit import train
-
-    result = train(TrainConfig(out=str(tmp_path / "run"), epochs=2, demo_tiles=8, demo_size=64, batch_size=2,
-                               workers=1, samples_per_epoch=6, ema=0.9, export=False))
-    val_mcc = read_history(tmp_path / "run" / "history.csv")["val_mcc"]
-    assert result.metrics["mcc"] == pytest.approx(max(val_mcc), abs=1e-5)
-    saved = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert saved["ema"] == 0.9
