@@ -77,6 +77,9 @@ class AveragedWeights(keras.callbacks.Callback):
     callbacks after this one at the end of each epoch (checkpoint, early stopping, figures), and
     the raw weights back before the next epoch trains (keras_glacier.training.optimizer says why).
 
+    Four swaps an epoch, not two: the resume backup (the callback before this one) must save the
+    raw weights at the epoch's end, so validation puts the raw weights back when it ends.
+
     Keras' ``SwapEMAWeights`` does the same through host memory (``convert_to_numpy``), which a
     job of several processes cannot do with arrays that span all of them; the swap here stays
     with the arrays where they are.
@@ -117,4 +120,3 @@ class AveragedWeights(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if not self.averaged_in_model:
             self.swap()
-

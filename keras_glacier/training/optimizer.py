@@ -5,7 +5,8 @@ by more than any change to the recipe (the everest-west folds moved 0.1-0.2 in M
 neighbouring epochs), so the "best epoch" that early stopping, the checkpoint and the decision
 threshold follow is mostly a lucky draw. An exponential moving average of the weights (Polyak
 averaging) is the usual remedy: validation, the checkpoint and the exported model use the average,
-training continues from the raw weights.
+training continues from the raw weights. Measured there it smoothed the validation curve but did not
+raise the held-out score (benchmarks/RESULTS.md), so it is an option (``--ema``), off by default.
 
 Keras' own EMA starts from the first step's weights and keeps a fixed momentum, so with a few
 hundred steps the average is dominated for most of the run by the weights of the first epochs.
