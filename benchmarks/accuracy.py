@@ -13,18 +13,21 @@ those runs would give (``python -m convert RUN_A RUN_B``).
 
 Nothing is asserted: the figures are written as a markdown table to the terminal and to the
 "Accuracy on everest-west" section of benchmarks/RESULTS.md (one ``### <label>`` subsection per
-``--label``, so "before" and "after" figures stay side by side). Runs go in a temporary folder.
+``--label``, so "before" and "after" figures stay side by side). Runs go in a temporary folder, or
+are kept in ``--runs-dir`` (predictions.png and curves.png included) and reused from there.
 The baselines need scikit-learn (an optional benchmark dependency); without it their columns are
 left empty and the reason is printed.
 
     python -m benchmarks.accuracy                         # 4 folds x (default, --crop 128), seed 0
     python -m benchmarks.accuracy --folds 0,2 --variants default --label before
     python -m benchmarks.accuracy --extra-args "--lr 3e-4" --label "lr 3e-4"
+    python -m benchmarks.accuracy --variants crop128 --seeds 0,1,2 --runs-dir runs/acc   # trains seed 2 only
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
 import os
 import shlex
@@ -170,7 +173,9 @@ def write_section(path: str | Path, label: str, body: str) -> None:
         f"\n### {title}\n\n{content}\n" for title, content in subsections.items())
     before = head.rstrip("\n") + "\n\n" if head.strip() else ""
     after = ("\n## " + tail) if sep else ""
-    path.write_text(before + new_section + after, encoding="utf-8")
+    from benchmarks.common import write_text
+
+    write_text(path, before + new_section + after)
 
 
 # ----------------------------------------------------------------------------------- training
@@ -231,7 +236,13 @@ def held_out_probabilities(run_dir: Path, config) -> tuple[np.ndarray, np.ndarra
 
 def run_fold(data: Path, val_scene: str, variant: str, seed: int, settings: dict, work: Path
              ) -> tuple[dict, tuple[np.ndarray, np.ndarray]]:
-    """Train one fold's run and score it on the held-out scene: (row, (probabilities, labels))."""
+    """Train one fold's run and score it on the held-out scene: (row, (probabilities, labels)).
+
+    The row and the held-out probabilities are saved in the run folder (``accuracy.json``,
+    ``accuracy.npz``) after scoring, so a kept ``--runs-dir`` scores a finished run again without
+    training it (an ensemble can then add a seed to runs of an earlier invocation); a run folder
+    trained with other flags is refused rather than mixed in.
+    """
     from keras_glacier.training.config import TrainConfig
     from keras_glacier.training.fit import train
 
@@ -239,6 +250,10 @@ def run_fold(data: Path, val_scene: str, variant: str, seed: int, settings: dict
     merged = {**settings, **training_settings(VARIANTS[variant])}
     config = TrainConfig(**{**merged, "data": str(data), "out": str(run_dir), "val_scenes": val_scene,
                             "seed": seed, "export": False})
+    saved = kept_result(run_dir, merged)
+    if saved is not None:
+        print(f"[accuracy] {run_dir.name}: scored from the kept run in {run_dir}", flush=True)
+        return saved
     start = time.perf_counter()
     result = train(config, overwrite=True)
     wall = time.perf_counter() - start
@@ -247,7 +262,34 @@ def run_fold(data: Path, val_scene: str, variant: str, seed: int, settings: dict
     prob, truth = held_out_probabilities(run_dir, config)
     row = {"variant": variant, "seed": seed, "val": val_scene, "epochs": epochs, "best": best,
            "wall s": wall, **probability_scores(prob, truth, threshold)}
+    save_result(run_dir, merged, row, prob, truth)
     return row, (prob, truth)
+
+
+def save_result(run_dir: Path, settings: dict, row: dict, prob: np.ndarray, truth: np.ndarray) -> None:
+    """What :func:`kept_result` reads back: the row and flags (JSON), then the held-out maps (npz)."""
+    from keras_glacier.fileio import atomic_write, write_json
+
+    atomic_write(run_dir / "accuracy.npz", lambda tmp: np.savez_compressed(tmp, prob=prob, truth=truth))
+    write_json(run_dir / "accuracy.json", {"settings": settings, "row": row})
+
+
+def kept_result(run_dir: Path, settings: dict) -> tuple[dict, tuple[np.ndarray, np.ndarray]] | None:
+    """The saved (row, (probabilities, labels)) of a finished run in ``run_dir``, or None to train it.
+
+    Raises SystemExit with one line when the run was trained with other flags than ``settings``.
+    """
+    import json
+
+    record, arrays = run_dir / "accuracy.json", run_dir / "accuracy.npz"
+    if not (record.is_file() and arrays.is_file()):
+        return None
+    saved = json.loads(record.read_text(encoding="utf-8"))
+    if saved.get("settings") != json.loads(json.dumps(settings)):
+        raise SystemExit(f"error: {run_dir} was trained with {saved.get('settings')}, not {settings}: "
+                         "give another --runs-dir")
+    with np.load(arrays) as files:
+        return saved["row"], (files["prob"], files["truth"])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -261,6 +303,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--label", default=None, help="subsection title in RESULTS.md (default: the extra args)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="markdown file to update (default RESULTS.md)")
     parser.add_argument("--no-write", action="store_true", help="print the table only")
+    parser.add_argument("--runs-dir", type=Path, default=None,
+                        help="keep the runs here (default: a temporary folder); a run already finished there with "
+                             "the same flags is scored again, not retrained, e.g. to add a seed to an ensemble")
     args = parser.parse_args(argv)
     if argv is None:  # the training command's default allocator (--malloc reuse): 10-20% faster CPU steps
         from keras_glacier.memory import restart_with_allocator
@@ -293,7 +338,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows, ensembles, load_start, start = [], [], os.getloadavg()[0], time.perf_counter()
     total = len(variants) * len(seeds) * len(folds)
     members = {}  # (variant, fold) -> [(seed, probabilities, labels, wall s)]: seeds >= 2 make an ensemble
-    with tempfile.TemporaryDirectory(prefix="glacier-accuracy-") as tmp:
+    with contextlib.ExitStack() as stack:
+        tmp = args.runs_dir or stack.enter_context(tempfile.TemporaryDirectory(prefix="glacier-accuracy-"))
         for variant in variants:
             for seed in seeds:
                 for f in folds:

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import keras_glacier  # noqa: F401  (selects the JAX backend before keras is imported)
-from benchmarks.common import REUSE_MEMORY_ENV, load_average, machine, machine_table, markdown_table
+from benchmarks.common import REUSE_MEMORY_ENV, load_average, machine, machine_table, markdown_table, write_text
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "RESULTS.md"
 SECTIONS = ("train", "train_reuse", "inference", "loader", "parity")
@@ -172,18 +172,6 @@ def kept_sections(path: Path) -> str:
     return "".join(kept)
 
 
-def write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def run(quick: bool = False, out: str | Path = DEFAULT_OUT, sections=SECTIONS, command: str | None = None,
         echo: Callable[[str], None] | None = print) -> list[SectionResult]:  # fmt: skip
     """Runs the chosen sections in order and writes the report; returns the section results."""
@@ -202,7 +190,7 @@ def run(quick: bool = False, out: str | Path = DEFAULT_OUT, sections=SECTIONS, c
             echo(f"{result.text}\n[benchmarks] {name}: {result.seconds:.0f} s")
     command = command or "python -m benchmarks" + (" --quick" if quick else "")
     report = render(info, results, command, time.perf_counter() - start)
-    write_atomically(Path(out), report + kept_sections(Path(out)))
+    write_text(Path(out), report + kept_sections(Path(out)))
     return results
 
 

@@ -48,6 +48,7 @@ from benchmarks.common import (
 )
 from convert.parity import PROBE_STATS as STATS
 from keras_glacier.constants import IGNORE_INDEX
+from keras_glacier.fileio import write_json
 
 DEFAULT_SETTINGS = ((4, 256), (2, 512))
 QUICK_SETTINGS = ((2, 64),)  # batch >= 2: torch BatchNorm rejects one value per channel (ASPP pool)
@@ -430,8 +431,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for row in rows:
         row["allocator"] = allocator
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as handle:
-            json.dump(rows, handle, indent=1)
+        write_json(args.json, rows)
     print(markdown_table(rows))
     print()
     print(NOTES)

@@ -125,6 +125,22 @@ def test_accuracy_ensemble_row_averages_the_seeds_probabilities():
         accuracy.ensemble_row("default", 2, "02", [(0, a, truth, 1.0), (1, b, truth[::-1].copy(), 1.0)])
 
 
+def test_accuracy_scores_a_kept_run_again_and_refuses_one_trained_otherwise(tmp_path):
+    rng = np.random.default_rng(0)
+    prob, truth = rng.random((2, 8, 8)).astype("float32"), (rng.random((2, 8, 8)) > 0.5).astype("uint8")
+    settings = {**accuracy.training_settings("--lr 3e-4"), **accuracy.training_settings(accuracy.VARIANTS["crop128"])}
+    row = {"variant": "crop128", "seed": 1, "val": "02", "MCC@t": 0.25}
+    accuracy.save_result(tmp_path / "crop128-seed1-02", settings, row, prob, truth)
+    # No data folder exists: reaching the training would fail, so the result must come from the files.
+    missing = tmp_path / "no-data"
+    got_row, (got_prob, got_truth) = accuracy.run_fold(missing, "02", "crop128", 1, {"lr": 3e-4}, tmp_path)
+    assert got_row == row
+    np.testing.assert_array_equal(got_prob, prob)
+    np.testing.assert_array_equal(got_truth, truth)
+    with pytest.raises(SystemExit, match="crop128-seed1-02 was trained with .*give another --runs-dir"):
+        accuracy.run_fold(missing, "02", "crop128", 1, {"lr": 1e-3}, tmp_path)
+
+
 def test_rewriting_the_report_keeps_the_accuracy_section(tmp_path):
     out = tmp_path / "RESULTS.md"
     assert run_all.kept_sections(out) == ""
