@@ -32,11 +32,12 @@ import tempfile
 import pytest
 
 # One XLA compilation cache for the session, this process and every subprocess it starts (they inherit
-# the variable): many tests train or run the same network at the same shapes, and on 2 cores compiling
-# it costs more than running it. Set before the first import of JAX, which reads the variable then. A
-# developer's own JAX_COMPILATION_CACHE_DIR is kept (and kept on disk); ours goes with the session.
-# A size limit switches on JAX's file lock around every read and write (filelock comes with torch):
-# without it a process could read an entry another process is still writing (the two-process tests).
+# the variable; so do pytest-xdist's workers, which then share it): many tests train or run the same
+# network at the same shapes, and on 2 cores compiling it costs more than running it. Set before the
+# first import of JAX, which reads the variable then. A developer's own JAX_COMPILATION_CACHE_DIR is
+# kept (and kept on disk); ours goes with the session. A size limit switches on JAX's file lock around
+# every read and write (filelock comes with torch): without it a process could read an entry another
+# process is still writing (the two-process tests, and the xdist workers).
 _OWN_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
 if _OWN_CACHE:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="keras-glacier-xla-cache-")
@@ -51,7 +52,10 @@ DEMO_TIFF_TILES = 6
 
 
 def pytest_unconfigure(config):
-    if _OWN_CACHE:
+    # Under pytest-xdist (`-n 2`, the README's test command) the workers inherit the variable from the
+    # controller, which made the folder, so _OWN_CACHE is False in them: only the controller removes it,
+    # after the last worker has finished.
+    if _OWN_CACHE and not hasattr(config, "workerinput"):
         shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 
 
