@@ -243,6 +243,25 @@ def test_pretrained_torchvision_weights_initialise_the_encoder(tmp_path):
         np.testing.assert_allclose(stem[:, :, band], rgb[:, :, band % 3] * 3 / 5, rtol=1e-6)
 
 
+def test_aspp_rates_reach_the_model_and_its_saved_config():
+    import numpy as np
+
+    from keras_glacier.data.stats import BandStats
+    from keras_glacier.model import GlacierDeepLab
+
+    stats = BandStats(lo=(0.0,) * 5, hi=(1.0,) * 5, mean=(0.5,) * 5, std=(0.2,) * 5)
+    config = train.config_from_args(train.build_parser().parse_args(["--aspp-rates", "2,4,6"]))
+    small = train.build_model(config, stats, num_bands=5)
+    assert small.get_config()["aspp_rates"] == [2, 4, 6]
+    assert GlacierDeepLab.from_config(small.get_config()).aspp_rates == [2, 4, 6]
+    # Same weights, other rates: the rates are used (dilation changes no weight's shape).
+    default = train.build_model(train.TrainConfig(), stats, num_bands=5)
+    assert default.get_config()["aspp_rates"] == [6, 12, 18]
+    default.set_weights(small.get_weights())
+    x = np.random.default_rng(0).random((1, 64, 64, 5), dtype=np.float32)
+    assert not np.allclose(small.predict(x, verbose=0), default.predict(x, verbose=0), atol=1e-4)
+
+
 def test_checkpoint_and_early_stopping_follow_the_validation_mcc_upwards(finished_run):
     from keras_glacier.training import fit
 

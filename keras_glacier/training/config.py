@@ -86,6 +86,11 @@ class TrainConfig:
         0.0, "validate, checkpoint and export a moving average of the weights with this momentum (e.g. 0.99, "
         "ramped up over the first steps, see keras_glacier.training.optimizer); 0 = the raw weights",
         metavar="MOMENTUM")
+    aspp_rates: str = _setting(
+        "6,12,18", "dilation rates of the ASPP's three 3x3 branches (comma-separated, DeepLabV3+'s 6,12,18 by "
+        "default); they act on features at 1/16 of the crop, so small tiles may want smaller rates (a 160-pixel "
+        "tile has 10x10 features, where rates 12 and 18 reach only padding); stored in the model and model.pth",
+        metavar="R1,R2,R3")
     loss: str = _setting(
         "bce_dice", "training loss: bce_dice (alpha * BCE + (1 - alpha) * Dice), focal, tversky or lovasz",
         choices=LOSSES)
@@ -136,6 +141,8 @@ class TrainConfig:
                 setattr(self, name, str(value))
         if isinstance(self.val_scenes, (list, tuple)):
             self.val_scenes = ",".join(str(s) for s in self.val_scenes)
+        if isinstance(self.aspp_rates, (list, tuple)):
+            self.aspp_rates = ",".join(str(r) for r in self.aspp_rates)
         if isinstance(self.bands, (list, tuple)):  # channel numbers given as a sequence
             self.bands = ",".join(str(int(b)) for b in self.bands)
         self.threshold = parse_threshold(self.threshold)
@@ -173,6 +180,7 @@ class TrainConfig:
                               ("precision", PRECISIONS), ("distribute", DISTRIBUTIONS)):
             if getattr(self, name) not in choices:
                 raise UsageError(f"{flag_of(name)} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
+        aspp_rates(self.aspp_rates)
         if not isinstance(self.bands, str) or not self.bands.strip():
             raise UsageError(f"--bands needs a preset, band names or channel numbers, got {self.bands!r}")
         if not isinstance(self.mask_layout, str) or not self.mask_layout.strip():
@@ -248,6 +256,17 @@ class TrainConfig:
 
     def replace(self, **changes) -> TrainConfig:
         return dataclasses.replace(self, **changes)
+
+
+def aspp_rates(text: Any) -> tuple[int, int, int]:
+    """The three ASPP dilation rates of ``--aspp-rates`` ("6,12,18"), each a whole number >= 1."""
+    try:
+        rates = tuple(int(part) for part in str(text).split(","))
+    except ValueError:
+        rates = ()
+    if len(rates) != 3 or min(rates) < 1:
+        raise UsageError(f"--aspp-rates needs three whole numbers of at least 1, such as 6,12,18; got {text!r}")
+    return rates
 
 
 def parse_threshold(value: Any) -> str | float:

@@ -71,8 +71,10 @@ def build_model(config: TrainConfig, stats, num_bands: int, band_names: Sequence
                 classes: Sequence[str] | None = None, class_values: Sequence[int] | None = None):
     """The network for ``config``: a GlacierDeepLab that carries its bands, classes and statistics."""
     from keras_glacier.model import GlacierDeepLab
+    from keras_glacier.training.config import aspp_rates
 
     model = GlacierDeepLab(num_bands=num_bands, band_names=band_names, task=config.task,
+                           aspp_rates=aspp_rates(config.aspp_rates),
                            class_names=None if classes is None else list(classes),
                            class_values=None if class_values is None else list(class_values),
                            stats=stats.to_dict())
