@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as _dt
+import json
 import os
 import shlex
 import statistics
@@ -173,7 +174,7 @@ def write_section(path: str | Path, label: str, body: str) -> None:
         f"\n### {title}\n\n{content}\n" for title, content in subsections.items())
     before = head.rstrip("\n") + "\n\n" if head.strip() else ""
     after = ("\n## " + tail) if sep else ""
-    from benchmarks.common import write_text
+    from keras_glacier.fileio import write_text
 
     write_text(path, before + new_section + after)
 
@@ -279,8 +280,6 @@ def kept_result(run_dir: Path, settings: dict) -> tuple[dict, tuple[np.ndarray, 
 
     Raises SystemExit with one line when the run was trained with other flags than ``settings``.
     """
-    import json
-
     record, arrays = run_dir / "accuracy.json", run_dir / "accuracy.npz"
     if not (record.is_file() and arrays.is_file()):
         return None

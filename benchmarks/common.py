@@ -14,9 +14,6 @@ import platform
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
-
-from keras_glacier.fileio import atomic_write
 
 # The allocator settings have one definition, shared with the training job (which restarts under them).
 from keras_glacier.memory import (  # noqa: F401  (re-exported for the benchmarks)
@@ -25,12 +22,6 @@ from keras_glacier.memory import (  # noqa: F401  (re-exported for the benchmark
     allocator_mode,
     restart_with_allocator,
 )
-
-
-def write_text(path: str | os.PathLike, text: str) -> Path:
-    """A report written through the package's one atomic writer: an interrupted benchmark leaves the
-    previous file whole."""
-    return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def allocator_description() -> str:

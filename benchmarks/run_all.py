@@ -25,7 +25,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import keras_glacier  # noqa: F401  (selects the JAX backend before keras is imported)
-from benchmarks.common import REUSE_MEMORY_ENV, load_average, machine, machine_table, markdown_table, write_text
+from benchmarks.common import REUSE_MEMORY_ENV, load_average, machine, machine_table, markdown_table
+from keras_glacier.fileio import write_text
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "RESULTS.md"
 SECTIONS = ("train", "train_reuse", "inference", "loader", "parity")

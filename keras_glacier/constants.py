@@ -13,6 +13,10 @@ IGNORE_INDEX = 255
 #: The network's output stride: input height and width must be multiples of this.
 OUTPUT_STRIDE = 16
 
+#: DeepLabV3+'s dilation rates of the ASPP's three 3x3 branches (``--aspp-rates``; solution.py keeps
+#: its own copy, as it imports nothing from the package, and reads the rates from model.pth).
+ASPP_RATES = (6, 12, 18)
+
 #: The tasks: phase 1 (glacier or not) and phase 2 (several classes).
 TASKS = ("binary", "multiclass")
 

@@ -38,9 +38,14 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> Path:
     return path
 
 
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """UTF-8 text (reports, CSV tables), written atomically."""
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
 def write_json(path: str | os.PathLike, data: Any) -> Path:
     """Indented JSON, written atomically (stats, splits and cache metadata are read by people too)."""
-    return atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8"))
+    return write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def save_keras_model(model, path: str | os.PathLike) -> Path:

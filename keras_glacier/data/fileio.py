@@ -1,5 +1,5 @@
 """Re-export of ``keras_glacier.fileio`` (the one atomic-write helper), for the data layer's imports."""
 
-from keras_glacier.fileio import atomic_write, write_json
+from keras_glacier.fileio import atomic_write, write_json, write_text
 
-__all__ = ["atomic_write", "write_json"]
+__all__ = ["atomic_write", "write_json", "write_text"]

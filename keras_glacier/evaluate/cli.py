@@ -14,7 +14,7 @@ import numpy as np
 import keras_glacier  # noqa: F401  (selects the JAX backend before keras is imported)
 from keras_glacier.constants import IGNORE_INDEX
 from keras_glacier.data.errors import InputError
-from keras_glacier.data.fileio import atomic_write, write_json
+from keras_glacier.data.fileio import write_json, write_text
 from keras_glacier.data.sources import NPY, discover
 from keras_glacier.evaluate.binary import COUNT_NAMES, SCORE_NAMES, mask_counts, summarize, tile_row
 from keras_glacier.evaluate.classes import ClassSet, classes_from_config, classes_from_values
@@ -213,7 +213,7 @@ def write_csv(path: Path, columns: Sequence[str], rows: Sequence[dict], scores: 
     for row in rows:
         writer.writerow(["" if row[key] is None else f"{row[key]:.6f}" if key in scores else row[key]
                          for key in columns])
-    atomic_write(path, lambda tmp: Path(tmp).write_text(buffer.getvalue(), encoding="utf-8"))
+    write_text(path, buffer.getvalue())
 
 
 def _stack_padded(arrays: Sequence[np.ndarray], fill) -> np.ndarray:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from keras import layers
 
+from keras_glacier.constants import ASPP_RATES
 from keras_glacier.model.attention import cbam
 from keras_glacier.model.layers import FastConv2D, SpatialBroadcast
 from keras_glacier.model.resnet import batch_norm
@@ -22,7 +23,7 @@ def _conv_bn_relu_cbam(x, conv, name: str, reduction: int):
 
 def aspp(
     x,
-    rates=(6, 12, 18),
+    rates=ASPP_RATES,
     dropout: float = 0.1,
     reduction: int = 16,
     name: str = "aspp",

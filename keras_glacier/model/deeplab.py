@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 import keras
 from keras import layers
 
-from keras_glacier.constants import OUTPUT_STRIDE, PHASE2_VALUES
+from keras_glacier.constants import ASPP_RATES, OUTPUT_STRIDE, PHASE2_VALUES
 from keras_glacier.model.aspp import aspp
 from keras_glacier.model.layers import PACKAGE, BandNormalization, FastConv2D, FastDepthwiseConv2D
 from keras_glacier.model.resnet import batch_norm, build_resnet34_backbone
@@ -106,7 +106,7 @@ class GlacierDeepLab(keras.Model):
         task: str = "binary",
         class_names: Sequence[str] | None = None,
         class_values: Sequence[int] | None = None,
-        aspp_rates: Sequence[int] = (6, 12, 18),
+        aspp_rates: Sequence[int] = ASPP_RATES,
         reduction: int = 16,
         dropout: float = 0.1,
         output_stride: int = OUTPUT_STRIDE,
@@ -185,7 +185,7 @@ class GlacierDeepLab(keras.Model):
 def build_deeplab(
     num_bands: int = 5,
     stats: Mapping[str, Sequence[float]] | None = None,
-    aspp_rates: Sequence[int] = (6, 12, 18),
+    aspp_rates: Sequence[int] = ASPP_RATES,
     dropout: float = 0.1,
     reduction: int = 16,
     name: str = "attention_deeplabv3plus",

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from keras_glacier.constants import ASPP_RATES
 from keras_glacier.errors import UsageError
 
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
@@ -87,9 +88,10 @@ class TrainConfig:
         "ramped up over the first steps, see keras_glacier.training.optimizer); 0 = the raw weights",
         metavar="MOMENTUM")
     aspp_rates: str = _setting(
-        "6,12,18", "dilation rates of the ASPP's three 3x3 branches (comma-separated, DeepLabV3+'s 6,12,18 by "
-        "default); they act on features at 1/16 of the crop, so small tiles may want smaller rates (a 160-pixel "
-        "tile has 10x10 features, where rates 12 and 18 reach only padding); stored in the model and model.pth",
+        ",".join(map(str, ASPP_RATES)), "dilation rates of the ASPP's three 3x3 branches (comma-separated, "
+        "DeepLabV3+'s by default); they act on features at 1/16 of the crop, so small tiles may want smaller "
+        "rates (a 160-pixel tile has 10x10 features, where rates 12 and 18 reach only padding); stored in the "
+        "model and model.pth",
         metavar="R1,R2,R3")
     loss: str = _setting(
         "bce_dice", "training loss: bce_dice (alpha * BCE + (1 - alpha) * Dice), focal, tversky or lovasz",
