@@ -63,7 +63,7 @@ class FigureWriter(keras.callbacks.Callback):
         logits = np.asarray(self.model.predict(self.val_images, batch_size=len(self.val_images), verbose=0),
                             dtype=np.float32)
         if self.class_names is None:  # binary: one logit, the glacier probability
-            probs = 1.0 / (1.0 + np.exp(-logits[..., 0]))
+            probs = 0.5 + 0.5 * np.tanh(0.5 * logits[..., 0])  # the sigmoid, without exp's overflow at -100
         else:  # K logits: softmax over the classes, drawn one colour per class
             shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
             probs = shifted / shifted.sum(axis=-1, keepdims=True)
