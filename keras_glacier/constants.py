@@ -17,6 +17,10 @@ OUTPUT_STRIDE = 16
 #: its own copy, as it imports nothing from the package, and reads the rates from model.pth).
 ASPP_RATES = (6, 12, 18)
 
+#: Default probability of the free rotation and zoom of a training crop (``--affine``,
+#: ``AugmentConfig.affine``); off, as on everest-west it gained 0.012 MCC for one seed (benchmarks/RESULTS.md).
+AFFINE_PROBABILITY = 0.0
+
 #: The tasks: phase 1 (glacier or not) and phase 2 (several classes).
 TASKS = ("binary", "multiclass")
 

@@ -262,6 +262,23 @@ def test_aspp_rates_reach_the_model_and_its_saved_config():
     assert not np.allclose(small.predict(x, verbose=0), default.predict(x, verbose=0), atol=1e-4)
 
 
+def test_affine_probability_reaches_the_training_augmentation_only(finished_run):
+    import dataclasses
+
+    from keras_glacier.training import fit
+
+    run_dir, result = finished_run
+    assert result.config.affine == 0.0  # the default: flips and quarter turns only
+    _, bands, _, train_tiles, val, stats, _ = fit.prepare_data(result.config, run_dir, resume=True)
+    config = dataclasses.replace(result.config, affine=0.6)
+    train_seq, val_seq = fit.make_datasets(config, run_dir, train_tiles, val, stats, bands)
+    assert train_seq.augmenter.config.affine == 0.6 and val_seq.augmenter is None
+    assert "Affine" in repr(train_seq.augmenter.config.spatial())
+    no_aug = dataclasses.replace(config, augment=False)
+    train_seq, _ = fit.make_datasets(no_aug, run_dir, train_tiles, val, stats, bands)
+    assert train_seq.augmenter is None
+
+
 def test_checkpoint_and_early_stopping_follow_the_validation_mcc_upwards(finished_run):
     from keras_glacier.training import fit
 

@@ -4,9 +4,10 @@ albumentations 2.x clips float images to [0, 1] in its pixel-level transforms
 (``RandomBrightnessContrast``, ``GaussNoise``), which silently destroys raw band values (reflectance
 x 10000, kelvin, ...). So the work is split:
 
-* spatial transforms (flips, 90-degree rotations) run on the raw image together with the label:
-  they only move pixels, never change or clip a value, and NaN no-data pixels travel with their
-  label;
+* spatial transforms (flips, 90-degree rotations, and a random rotation by any angle with a random
+  zoom) run on the raw image together with the label: they only move pixels, never change or clip a
+  value (the free rotation samples its nearest neighbour and reflects at the border rather than
+  interpolating or filling), and NaN no-data pixels travel with their label;
 * pixel-level transforms run on the unit scale ``u = clip((x - lo) / (hi - lo), 0, 1)`` of
   ``stats.py``, where [0, 1] is exactly the range the model sees (its normalisation clips to it
   too, so albumentations' clipping of the result changes nothing the model could see), and the
@@ -28,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from keras_glacier.constants import AFFINE_PROBABILITY
 from keras_glacier.data.bands import nodata_mask
 from keras_glacier.data.stats import BandStats, as_band_stats, from_unit, to_unit
 
@@ -60,9 +62,12 @@ class AugmentConfig:
     contrast_limit: float = 0.1  # multiplicative: gain in 1 +- limit
     noise: float = 0.25
     noise_std: tuple[float, float] = (0.005, 0.02)  # fraction of hi - lo
+    affine: float = AFFINE_PROBABILITY  # probability of a free rotation and zoom (more views of a few real tiles)
+    rotate_limit: float = 45.0  # degrees either way; rotate90 supplies the quarter turns
+    scale_limit: float = 0.25  # zoom factor drawn from [1 - limit, 1 / (1 - limit)]
 
     def spatial(self, square: bool = True) -> albumentations.Compose | None:
-        """Flips and (for square images only, which keep their shape) 90-degree rotations."""
+        """Flips, (for square images only, which keep their shape) 90-degree rotations, free rotation and zoom."""
         A = _albumentations()
         transforms = [
             transform
@@ -73,6 +78,14 @@ class AugmentConfig:
             )
             if p > 0
         ]
+        if self.affine > 0:
+            import cv2  # albumentations' own dependency
+
+            transforms.append(A.Affine(
+                scale=(1 - self.scale_limit, 1 / (1 - self.scale_limit)), keep_ratio=True,
+                rotate=(-self.rotate_limit, self.rotate_limit), interpolation=cv2.INTER_NEAREST,
+                mask_interpolation=cv2.INTER_NEAREST, border_mode=cv2.BORDER_REFLECT_101, p=self.affine,
+            ))
         return A.Compose(transforms) if transforms else None
 
     def pixel(self) -> albumentations.Compose | None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from keras_glacier.constants import ASPP_RATES
+from keras_glacier.constants import AFFINE_PROBABILITY, ASPP_RATES
 from keras_glacier.errors import UsageError
 
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
@@ -121,8 +121,12 @@ class TrainConfig:
         "keras.distribution.DataParallel; a job of several processes (--coordinator) always does",
         choices=DISTRIBUTIONS)
     augment: bool = _setting(
-        True, "turn off training augmentation (flips, 90-degree rotations, brightness/contrast, noise)",
-        flag="--no-aug")
+        True, "turn off training augmentation (flips, 90-degree rotations, free rotation and zoom, "
+        "brightness/contrast, noise)", flag="--no-aug")
+    affine: float = _setting(
+        AFFINE_PROBABILITY, "probability that a training crop is also rotated by a random angle (up to 45 degrees) and "
+        "zoomed by 0.75-1.33 (nearest-neighbour, reflected border): more distinct views of a few tiles; 0 = "
+        "flips and quarter turns only", metavar="P")
     cache: bool = _setting(
         False, "cache the selected bands of all tiles in one compact memmap in the run folder, so epochs after "
         "the first do not re-read the source files")
@@ -176,6 +180,8 @@ class TrainConfig:
             raise UsageError(f"--lr must be positive, got {self.lr}")
         if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
             raise UsageError(f"--weight-decay must be zero or positive, got {self.weight_decay}")
+        if not (isinstance(self.affine, (int, float)) and 0.0 <= self.affine <= 1.0):
+            raise UsageError(f"--affine is a probability in [0, 1], got {self.affine!r}")
         if not (isinstance(self.ema, (int, float)) and 0.0 <= self.ema < 1.0):
             raise UsageError(f"--ema must lie in [0, 1) (0 turns the weight average off), got {self.ema!r}")
         for name, choices in (("task", TASKS), ("loss", LOSSES), ("class_weights", CLASS_WEIGHTS),

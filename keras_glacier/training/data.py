@@ -157,8 +157,9 @@ def make_datasets(config: TrainConfig, run_dir: Path, train, val, stats, bands):
     samples = config.samples_per_epoch or default_samples_per_epoch(shapes, crop, config.batch_size)
     common = dict(stats=stats, bands=bands, workers=config.workers,
                   cache_dir=cache_folder(run_dir) if config.cache else None)
+    augment = AugmentConfig(affine=config.affine) if config.augment else None
     train_seq = GlacierSequence(
-        train, batch_size=config.batch_size, crop=crop, augment=AugmentConfig() if config.augment else None,
+        train, batch_size=config.batch_size, crop=crop, augment=augment,
         shuffle=True, seed=config.seed, samples_per_epoch=samples, **common)
     val_seq = GlacierSequence(
         val, batch_size=config.batch_size, crop=effective_crop(None, tile_shape(val[0])), augment=None,

@@ -10,8 +10,9 @@ from keras_glacier.data.augment import AugmentConfig, Augmenter, _albumentations
 from keras_glacier.data.stats import BandStats, to_unit
 
 STATS = BandStats(lo=(1000.0, 200.0, 250.0), hi=(5000.0, 600.0, 300.0), mean=(0.5,) * 3, std=(0.25,) * 3)
-SPATIAL_ONLY = AugmentConfig(hflip=0.5, vflip=0.5, rotate90=0.5, brightness_contrast=0.0, noise=0.0)
-PIXEL_ONLY = AugmentConfig(hflip=0.0, vflip=0.0, rotate90=0.0, brightness_contrast=1.0, noise=0.0)
+SPATIAL_ONLY = AugmentConfig(hflip=0.5, vflip=0.5, rotate90=0.5, brightness_contrast=0.0, noise=0.0, affine=0.0)
+PIXEL_ONLY = AugmentConfig(hflip=0.0, vflip=0.0, rotate90=0.0, brightness_contrast=1.0, noise=0.0, affine=0.0)
+AFFINE_ONLY = AugmentConfig(hflip=0.0, vflip=0.0, rotate90=0.0, brightness_contrast=0.0, noise=0.0, affine=1.0)
 
 
 def raw_image(size=24, seed=0, low=0.0, high=1.0):
@@ -50,6 +51,40 @@ def test_spatial_transforms_keep_image_and_label_aligned():
         np.testing.assert_array_equal(np.sort(out, axis=None), np.sort(image, axis=None))  # values only move
         seen.add(out[..., 0].tobytes())
     assert len(seen) == 8  # all eight flips/rotations of the square happen
+
+
+def dihedral_views(array):
+    return [np.rot90(flipped, k) for flipped in (array, array[::-1]) for k in range(4)]
+
+
+def test_free_rotation_and_zoom_move_values_with_their_labels_and_never_invent_one():
+    """Nearest-neighbour sampling and a reflected border: every output value is an input value, the
+    label still follows the image pixel by pixel (no-data included), and the views are new ones, not
+    only the eight flips and quarter turns."""
+    size = 32
+    yy, xx = np.mgrid[0:size, 0:size]
+    image = raw_image(size).copy()
+    image[..., 0] = 1000 + 7 * yy + 3 * xx**2
+    image[10:13, 9:12] = np.nan
+
+    def rule(img):
+        label = (img[..., 0] % 5 < 2).astype(np.uint8)
+        label[np.isnan(img).any(axis=-1)] = IGNORE_INDEX
+        return label
+
+    augmenter = Augmenter(AFFINE_ONLY, STATS)
+    dihedral = {view.tobytes() for view in dihedral_views(image[..., 0])}
+    new_views, nodata_seen = 0, 0
+    for seed in range(12):
+        out, out_label = augmenter(image, rule(image), seed)
+        assert out.shape == image.shape and out.dtype == np.float32
+        np.testing.assert_array_equal(out_label, rule(out))
+        finite = out[np.isfinite(out)]
+        assert np.isin(finite, image).all()  # sampled, not interpolated
+        assert not (np.isfinite(out).all(axis=-1) & (out == 0).all(axis=-1)).any()  # no filled border
+        new_views += out[..., 0].tobytes() not in dihedral
+        nodata_seen += int(np.isnan(out).any())
+    assert new_views == 12 and nodata_seen > 0
 
 
 def test_albumentations_would_clip_raw_values():

@@ -71,7 +71,8 @@ def test_older_config_json_keeps_loading(tmp_path):
     ({"precision": "float64"}, "--precision"), ({"folds": 0}, "--folds"), ({"bands": " "}, "--bands"),
     ({"class_weights": "auto"}, "--class-weights"), ({"task": "multiclass", "threshold": 0.3}, "--threshold"),
     ({"aspp_rates": "2,4"}, "--aspp-rates"), ({"aspp_rates": "0,2,4"}, "--aspp-rates"),
-    ({"aspp_rates": "two,4,6"}, "--aspp-rates"),
+    ({"aspp_rates": "two,4,6"}, "--aspp-rates"), ({"affine": 1.5}, "--affine"), ({"affine": -0.1}, "--affine"),
+    ({"affine": "often"}, "--affine"),
 ])
 def test_bad_values_are_usage_errors_naming_the_flag(changes, flag):
     with pytest.raises(UsageError, match=flag):
