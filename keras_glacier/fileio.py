@@ -8,10 +8,11 @@ re-exports it for the data layer's older imports.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,26 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+@contextlib.contextmanager
+def committed_together(writers: list | None = None) -> Iterator[list]:
+    """Streamed outputs (a scene's rasters, its outlines) that land together or not at all.
+
+    Each writer writes to a temporary file and has ``commit()`` (rename it over the final name) and
+    ``abort()`` (remove it). The block gets the list and may append writers as it opens them; when it
+    ends normally every writer is committed, and when it (or a commit, or opening a later writer)
+    fails, every writer is aborted and the error goes on: no half-written file under a final name.
+    """
+    writers = [] if writers is None else writers
+    try:
+        yield writers
+        for writer in writers:
+            writer.commit()
+    except BaseException:
+        for writer in writers:
+            writer.abort()
+        raise
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from keras_glacier.fileio import atomic_write, write_json
+from keras_glacier.fileio import atomic_write, committed_together, write_json
 
 
 def write_x(tmp) -> None:
@@ -41,3 +41,36 @@ def test_the_temporary_name_keeps_the_suffix(tmp_path):
     seen = []
     atomic_write(tmp_path / "model.keras", lambda tmp: (seen.append(tmp), write_x(tmp)))
     assert seen[0].endswith(".keras") and "/." in seen[0]
+
+
+class TempFileWriter:
+    """A streamed output like the scene writers: a hidden temporary file renamed on commit."""
+
+    def __init__(self, path, fail_on_open=False):
+        if fail_on_open:
+            raise OSError(f"{path}: cannot open")
+        self.path, self.tmp = path, path.with_name(f".{path.name}.tmp")
+        self.tmp.write_text("partial")
+
+    def commit(self):
+        self.tmp.replace(self.path)
+
+    def abort(self):
+        self.tmp.unlink(missing_ok=True)
+
+
+def test_writers_committed_together_land_together_or_not_at_all(tmp_path):
+    with committed_together() as writers:
+        writers.append(TempFileWriter(tmp_path / "mask.tif"))
+        writers.append(TempFileWriter(tmp_path / "foreground.tif"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["foreground.tif", "mask.tif"]
+
+    failed = tmp_path / "failed"
+    failed.mkdir()
+    with pytest.raises(RuntimeError, match="prediction failed"), committed_together() as writers:
+        writers.append(TempFileWriter(failed / "mask.tif"))
+        raise RuntimeError("prediction failed")
+    with pytest.raises(OSError, match="cannot open"), committed_together() as writers:
+        writers.append(TempFileWriter(failed / "mask.tif"))
+        writers.append(TempFileWriter(failed / "probabilities.tif", fail_on_open=True))
+    assert list(failed.iterdir()) == []

@@ -21,6 +21,7 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from keras_glacier.fileio import committed_together
 from keras_glacier.scenes.geo import require_geo
 from keras_glacier.scenes.io import pixel_area
 
@@ -200,28 +201,23 @@ def write_outlines(mask_path: Path, geojson_path: Path, gpkg_path: Path, classes
             foreground = rasterio.band(stack.enter_context(rasterio.open(foreground_path)), 1)
         meter = AreaMeter(mask.crs, mask.transform, mask.bounds)
         areas = {value: ClassArea(class_name, value) for class_name, value in classes}
-        writers = [GeoJSONWriter(geojson_path, mask.crs, name), GeoPackageWriter(gpkg_path, mask.crs)]
-        try:
-            regions = rasterio.features.shapes(rasterio.band(mask, 1), mask=foreground, transform=mask.transform)
-            for geometry, value in regions:
-                entry = areas.get(int(value))
-                if entry is None:  # background and no-data
-                    continue
-                km2, pixels = meter.measure(geometry)
-                entry.pixels += pixels
-                entry.area_km2 += km2 or 0.0
-                if km2 is not None and km2 < min_area_km2:
-                    entry.dropped += 1
-                    continue
-                entry.polygons += 1
-                properties = {"class": entry.name, "value": entry.value,
-                              "area_km2": km2, "pixels": pixels}
-                for writer in writers:
-                    writer.add(geometry, properties)
+        writers = stack.enter_context(committed_together())
+        writers.append(GeoJSONWriter(geojson_path, mask.crs, name))
+        writers.append(GeoPackageWriter(gpkg_path, mask.crs))
+        regions = rasterio.features.shapes(rasterio.band(mask, 1), mask=foreground, transform=mask.transform)
+        for geometry, value in regions:
+            entry = areas.get(int(value))
+            if entry is None:  # background and no-data
+                continue
+            km2, pixels = meter.measure(geometry)
+            entry.pixels += pixels
+            entry.area_km2 += km2 or 0.0
+            if km2 is not None and km2 < min_area_km2:
+                entry.dropped += 1
+                continue
+            entry.polygons += 1
+            properties = {"class": entry.name, "value": entry.value,
+                          "area_km2": km2, "pixels": pixels}
             for writer in writers:
-                writer.commit()
-        except BaseException:
-            for writer in writers:
-                writer.abort()
-            raise
+                writer.add(geometry, properties)
     return OutlineSummary(list(areas.values()), meter.factor is not None)

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from keras_glacier.data.errors import InputError
+from keras_glacier.fileio import committed_together
 from keras_glacier.scenes.bands import BandMatch, match_bands
 from keras_glacier.scenes.geo import require_geo
 from keras_glacier.scenes.io import SceneReader, StripWriter, discover_scene
@@ -219,8 +220,7 @@ def _predict_scene(
                 units_checked[0] = check_units(strip, info, match, warn)
             return strip
 
-        writers = []
-        try:
+        with committed_together() as writers:
             writers.append(StripWriter(paths["mask.tif"], count=1, dtype="uint8", nodata=fill, **grid))
             writers.append(StripWriter(foreground_path, count=1, dtype="uint8", nodata=None, **grid))
             if probabilities:
@@ -236,12 +236,6 @@ def _predict_scene(
                     if probabilities:
                         probability[nodata] = np.nan
                         writers[2].write(probability)
-            for writer in writers:
-                writer.commit()
-        except BaseException:
-            for writer in writers:
-                writer.abort()
-            raise
     classes = [(n, v) for n, v in zip(info.class_names, info.class_values) if v != info.class_values[0]]
     try:
         outlines = write_outlines(paths["mask.tif"], paths["outlines.geojson"], paths["outlines.gpkg"], classes,
