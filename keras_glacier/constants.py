@@ -17,9 +17,9 @@ OUTPUT_STRIDE = 16
 #: its own copy, as it imports nothing from the package, and reads the rates from model.pth).
 ASPP_RATES = (6, 12, 18)
 
-#: Default probability of the free rotation and zoom of a training crop (``--affine``,
-#: ``AugmentConfig.affine``); off, as on everest-west it gained 0.012 MCC for one seed (benchmarks/RESULTS.md).
-AFFINE_PROBABILITY = 0.0
+#: Probability of the free rotation and zoom of a training crop that ``--affine auto`` gives a small
+#: dataset (``keras_glacier.data.sampling.auto_affine``; measured on everest-west, benchmarks/RESULTS.md).
+AFFINE_PROBABILITY = 0.7
 
 #: The tasks: phase 1 (glacier or not) and phase 2 (several classes).
 TASKS = ("binary", "multiclass")

@@ -265,16 +265,23 @@ def test_aspp_rates_reach_the_model_and_its_saved_config():
 def test_affine_probability_reaches_the_training_augmentation_only(finished_run):
     import dataclasses
 
+    from keras_glacier.constants import AFFINE_PROBABILITY
+    from keras_glacier.data.sampling import MIN_STEPS
     from keras_glacier.training import fit
 
     run_dir, result = finished_run
-    assert result.config.affine == 0.0  # the default: flips and quarter turns only
     _, bands, _, train_tiles, val, stats, _ = fit.prepare_data(result.config, run_dir, resume=True)
-    config = dataclasses.replace(result.config, affine=0.6)
-    train_seq, val_seq = fit.make_datasets(config, run_dir, train_tiles, val, stats, bands)
-    assert train_seq.augmenter.config.affine == 0.6 and val_seq.augmenter is None
+    assert result.config.affine == "auto" and len(train_tiles) < MIN_STEPS * result.config.batch_size
+    train_seq, val_seq = fit.make_datasets(result.config, run_dir, train_tiles, val, stats, bands)
+    assert train_seq.augmenter.config.affine == AFFINE_PROBABILITY and val_seq.augmenter is None
     assert "Affine" in repr(train_seq.augmenter.config.spatial())
-    no_aug = dataclasses.replace(config, augment=False)
+    assert fit.rotation_note(train_seq) == f", free rotation and zoom p={AFFINE_PROBABILITY:g}"
+    for given in (0.6, 0.0):
+        train_seq, _ = fit.make_datasets(dataclasses.replace(result.config, affine=given), run_dir, train_tiles,
+                                         val, stats, bands)
+        assert train_seq.augmenter.config.affine == given
+    assert "Affine" not in repr(train_seq.augmenter.config.spatial()) and fit.rotation_note(train_seq) == ""
+    no_aug = dataclasses.replace(result.config, augment=False)
     train_seq, _ = fit.make_datasets(no_aug, run_dir, train_tiles, val, stats, bands)
     assert train_seq.augmenter is None
 

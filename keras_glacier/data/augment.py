@@ -29,7 +29,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from keras_glacier.constants import AFFINE_PROBABILITY
 from keras_glacier.data.bands import nodata_mask
 from keras_glacier.data.stats import BandStats, as_band_stats, from_unit, to_unit
 
@@ -62,7 +61,7 @@ class AugmentConfig:
     contrast_limit: float = 0.1  # multiplicative: gain in 1 +- limit
     noise: float = 0.25
     noise_std: tuple[float, float] = (0.005, 0.02)  # fraction of hi - lo
-    affine: float = AFFINE_PROBABILITY  # probability of a free rotation and zoom (more views of a few real tiles)
+    affine: float = 0.0  # probability of a free rotation and zoom (more views of a few real tiles)
     rotate_limit: float = 45.0  # degrees either way; rotate90 supplies the quarter turns
     scale_limit: float = 0.25  # zoom factor drawn from [1 - limit, 1 / (1 - limit)]
 

@@ -33,6 +33,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from keras_glacier.constants import AFFINE_PROBABILITY
+
 #: Fewest optimiser steps in a default epoch.
 MIN_STEPS = 8
 #: Most steps a default epoch spends covering the training area once.
@@ -69,6 +71,17 @@ def default_samples_per_epoch(shapes: Sequence[tuple[int, int]], crop: int | Non
     """The default epoch size, in crops (see the module docstring for the rule and its reasons)."""
     cover = min(covering_crops(shapes, crop), MAX_COVER_STEPS * batch_size)
     return max(len(shapes), MIN_STEPS * batch_size, cover)
+
+
+def auto_affine(num_tiles: int, batch_size: int) -> float:
+    """``--affine auto``: the probability of a free rotation and zoom per crop, from the tile count.
+
+    On when there are fewer training tiles than the least number of crops a default epoch draws
+    (``MIN_STEPS * batch``): every epoch then shows each tile several times, and flips and quarter
+    turns alone give only 8 views of it (everest-west's 9 tiles, GlacierHack's 25). Datasets with
+    more tiles (the demo's ~50, HKH's thousands) keep the augmentation their figures were measured with.
+    """
+    return AFFINE_PROBABILITY if num_tiles < MIN_STEPS * batch_size else 0.0
 
 
 def crops_per_tile(weights: np.ndarray, total: int, rng: np.random.Generator) -> np.ndarray:

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 from keras_glacier.errors import UsageError
 from keras_glacier.memory import ALLOCATORS
-from keras_glacier.training.config import RESUMABLE, TrainConfig, flag_of, parse_threshold
+from keras_glacier.training.config import AUTO_OR_NUMBER, RESUMABLE, TrainConfig, flag_of
 
 #: Flags that are about this invocation, not settings saved with the run.
 INVOCATION_FLAGS = ("resume", "overwrite", "malloc", "coordinator", "num_processes", "process_id",
@@ -29,16 +29,19 @@ INVOCATION_FLAGS = ("resume", "overwrite", "malloc", "coordinator", "num_process
 NO_CLUSTER = "none"
 
 
-def _threshold_argument(text: str):
-    try:
-        return parse_threshold(text)
-    except UsageError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+def _auto_or_number(parse: typing.Callable[[str], object]) -> typing.Callable[[str], object]:
+    def argument(text: str):
+        try:
+            return parse(text)
+        except UsageError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return argument
 
 
 def _value_type(name: str, hint) -> typing.Callable[[str], object]:
-    if name == "threshold":
-        return _threshold_argument
+    if name in AUTO_OR_NUMBER:
+        return _auto_or_number(AUTO_OR_NUMBER[name])
     args = set(typing.get_args(hint)) or {hint}
     if int in args:
         return int

@@ -123,10 +123,12 @@ class TrainConfig:
     augment: bool = _setting(
         True, "turn off training augmentation (flips, 90-degree rotations, free rotation and zoom, "
         "brightness/contrast, noise)", flag="--no-aug")
-    affine: float = _setting(
-        AFFINE_PROBABILITY, "probability that a training crop is also rotated by a random angle (up to 45 degrees) and "
-        "zoomed by 0.75-1.33 (nearest-neighbour, reflected border): more distinct views of a few tiles; 0 = "
-        "flips and quarter turns only", metavar="P")
+    affine: str | float = _setting(
+        AUTO, "probability that a training crop is also rotated by a random angle (up to 45 degrees) and zoomed "
+        "by 0.75-1.33 (nearest-neighbour, reflected border): more distinct views of few tiles; auto = "
+        f"{AFFINE_PROBABILITY} with fewer training tiles than a default epoch's least number of crops (batch x "
+        "8: everest-west's 9, GlacierHack's 25), else 0 (see keras_glacier.data.sampling.auto_affine)",
+        metavar="auto|P")
     cache: bool = _setting(
         False, "cache the selected bands of all tiles in one compact memmap in the run folder, so epochs after "
         "the first do not re-read the source files")
@@ -152,6 +154,7 @@ class TrainConfig:
         if isinstance(self.bands, (list, tuple)):  # channel numbers given as a sequence
             self.bands = ",".join(str(int(b)) for b in self.bands)
         self.threshold = parse_threshold(self.threshold)
+        self.affine = parse_affine(self.affine)
         self.check()
 
     # ----------------------------------------------------------------------------------- checks
@@ -180,8 +183,6 @@ class TrainConfig:
             raise UsageError(f"--lr must be positive, got {self.lr}")
         if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
             raise UsageError(f"--weight-decay must be zero or positive, got {self.weight_decay}")
-        if not (isinstance(self.affine, (int, float)) and 0.0 <= self.affine <= 1.0):
-            raise UsageError(f"--affine is a probability in [0, 1], got {self.affine!r}")
         if not (isinstance(self.ema, (int, float)) and 0.0 <= self.ema < 1.0):
             raise UsageError(f"--ema must lie in [0, 1) (0 turns the weight average off), got {self.ema!r}")
         for name, choices in (("task", TASKS), ("loss", LOSSES), ("class_weights", CLASS_WEIGHTS),
@@ -224,6 +225,8 @@ class TrainConfig:
         for old, new in _LEGACY_FLAGS.items():
             if old in saved and new not in saved and saved[old] is not None:
                 values[new] = not saved[old]
+        if "affine" not in values:  # runs from before --affine turned crops by quarter turns only
+            values["affine"] = 0.0
         if isinstance(values.get("bands"), list):  # channel numbers, as older runs saved them
             values["bands"] = ",".join(str(b) for b in values["bands"])
         if "bands" in saved and saved["bands"] is None:
@@ -288,6 +291,23 @@ def parse_threshold(value: Any) -> str | float:
     if not 0.0 < number < 1.0:
         raise UsageError(f"--threshold must lie strictly between 0 and 1, got {number}")
     return number
+
+
+def parse_affine(value: Any) -> str | float:
+    """``"auto"`` or a probability in [0, 1] (argparse ``type=`` and field normaliser)."""
+    if isinstance(value, str) and value.strip().lower() == AUTO:
+        return AUTO
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"--affine takes 'auto' or a probability between 0 and 1, got {value!r}") from None
+    if not 0.0 <= number <= 1.0:
+        raise UsageError(f"--affine is a probability between 0 and 1, got {number}")
+    return number
+
+
+#: Fields given as ``auto`` or a number: their parser (argparse ``type=`` and field normaliser).
+AUTO_OR_NUMBER = {"threshold": parse_threshold, "affine": parse_affine}
 
 
 def scene_list(text: str) -> list[str]:

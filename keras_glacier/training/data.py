@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from keras_glacier.errors import InputError, UsageError
-from keras_glacier.training.config import TrainConfig
+from keras_glacier.training.config import AUTO, TrainConfig
 
 
 def resolve_bands(source, spec: str) -> tuple[tuple[int, ...], list[str]]:
@@ -149,7 +149,7 @@ def make_datasets(config: TrainConfig, run_dir: Path, train, val, stats, bands):
     """
     from keras_glacier.data.augment import AugmentConfig
     from keras_glacier.data.dataset import GlacierSequence
-    from keras_glacier.data.sampling import default_samples_per_epoch, tile_shape
+    from keras_glacier.data.sampling import auto_affine, default_samples_per_epoch, tile_shape
     from keras_glacier.training.parallel import cache_folder
 
     shapes = [tile_shape(sample) for sample in train]
@@ -157,7 +157,8 @@ def make_datasets(config: TrainConfig, run_dir: Path, train, val, stats, bands):
     samples = config.samples_per_epoch or default_samples_per_epoch(shapes, crop, config.batch_size)
     common = dict(stats=stats, bands=bands, workers=config.workers,
                   cache_dir=cache_folder(run_dir) if config.cache else None)
-    augment = AugmentConfig(affine=config.affine) if config.augment else None
+    affine = auto_affine(len(train), config.batch_size) if config.affine == AUTO else config.affine
+    augment = AugmentConfig(affine=affine) if config.augment else None
     train_seq = GlacierSequence(
         train, batch_size=config.batch_size, crop=crop, augment=augment,
         shuffle=True, seed=config.seed, samples_per_epoch=samples, **common)

@@ -67,6 +67,13 @@ def pretrained_file(spec: str) -> str:
     return str(resolve_pretrained(spec))
 
 
+def rotation_note(train_seq) -> str:
+    """", free rotation and zoom p=0.7" when the training crops get them (``--affine``), else nothing."""
+    augmenter = train_seq.augmenter
+    affine = augmenter.config.affine if augmenter is not None else 0.0
+    return f", free rotation and zoom p={affine:g}" if affine > 0 else ""
+
+
 def build_model(config: TrainConfig, stats, num_bands: int, band_names: Sequence[str] | None = None,
                 classes: Sequence[str] | None = None, class_values: Sequence[int] | None = None):
     """The network for ``config``: a GlacierDeepLab that carries its bands, classes and statistics."""
@@ -235,7 +242,7 @@ def train_one(config: TrainConfig, run_dir: Path, resume: bool, extra_callbacks:
     print(f"data: {source.kind} at {source.root}: {len(train_tiles)} training and {len(val)} validation tiles "
           f"({len({s.scene_id for s in train_tiles})} / {len({s.scene_id for s in val})} scenes), bands "
           f"{list(band_names)}, crops {tile[0]}x{tile[1]}, {train_seq.samples_per_epoch} per epoch "
-          f"({len(train_seq)} steps), run folder {run_dir}", flush=True)
+          f"({len(train_seq)} steps){rotation_note(train_seq)}, run folder {run_dir}", flush=True)
 
     model = build_model(config, stats, len(bands), band_names, classes, source.class_values)
     params = model.count_params()

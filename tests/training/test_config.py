@@ -79,6 +79,19 @@ def test_bad_values_are_usage_errors_naming_the_flag(changes, flag):
         TrainConfig(**changes)
 
 
+def test_affine_takes_auto_or_a_probability_and_older_runs_had_none():
+    assert TrainConfig().affine == "auto" and TrainConfig(affine="AUTO").affine == "auto"
+    assert TrainConfig(affine="0.25").affine == 0.25 and TrainConfig(affine=1).affine == 1.0
+    parser = build_parser()
+    assert config_from_args(parser.parse_args(["--affine", "0.5"])).affine == 0.5
+    assert config_from_args(parser.parse_args(["--affine", "auto"])).affine == "auto"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--affine", "often"])
+    # A run saved before the option turned its crops by quarter turns only, and resumes that way.
+    assert TrainConfig.from_dict({"epochs": 3}).affine == 0.0
+    assert TrainConfig.from_dict(TrainConfig().to_dict()).affine == "auto"
+
+
 def test_a_broken_saved_config_names_its_file(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"epochs": -1}))
     with pytest.raises(UsageError, match=r"config\.json: --epochs"):

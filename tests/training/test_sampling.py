@@ -9,6 +9,7 @@ from keras_glacier.data.sampling import (
     MAX_COVER_STEPS,
     MIN_STEPS,
     area_weights,
+    auto_affine,
     covering_crops,
     crops_per_tile,
     default_samples_per_epoch,
@@ -26,6 +27,17 @@ def test_default_epoch_size():
     assert default_samples_per_epoch([(1024, 1024)] * 9, 128, 4) == MAX_COVER_STEPS * 4
     assert default_samples_per_epoch([(64, 64)] * 3, 64, 2) == MIN_STEPS * 2
     assert covering_crops([(100, 40)], 64) == 2 and covering_crops([(100, 40)], None) == 1
+
+
+def test_free_rotation_is_on_for_fewer_tiles_than_a_default_epoch_draws():
+    from keras_glacier.constants import AFFINE_PROBABILITY
+
+    assert AFFINE_PROBABILITY > 0
+    assert auto_affine(9, 4) == AFFINE_PROBABILITY  # everest-west's 9 training tiles
+    assert auto_affine(25, 4) == AFFINE_PROBABILITY  # GlacierHack phase 1
+    assert auto_affine(MIN_STEPS * 4 - 1, 4) == AFFINE_PROBABILITY
+    assert auto_affine(MIN_STEPS * 4, 4) == 0.0 and auto_affine(51, 4) == 0.0  # the demo's ~51: unchanged
+    assert auto_affine(31, 2) == 0.0 and auto_affine(15, 2) == AFFINE_PROBABILITY  # the bound follows the batch
 
 
 def test_counts_follow_tile_area_within_one():
