@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -280,30 +281,29 @@ def aspp_rates(text: Any) -> tuple[int, int, int]:
     return rates
 
 
-def parse_threshold(value: Any) -> str | float:
-    """``"auto"`` or a float strictly between 0 and 1 (argparse ``type=`` and field normaliser)."""
+def _auto_or_number(value: Any, flag: str, kind: str, accepts: Callable[[float], bool], bounds: str) -> str | float:
+    """``"auto"`` or a number that ``accepts`` (its UsageError names ``flag``)."""
     if isinstance(value, str) and value.strip().lower() == AUTO:
         return AUTO
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise UsageError(f"--threshold takes 'auto' or a number between 0 and 1, got {value!r}") from None
-    if not 0.0 < number < 1.0:
-        raise UsageError(f"--threshold must lie strictly between 0 and 1, got {number}")
+        raise UsageError(f"{flag} takes 'auto' or {kind}, got {value!r}") from None
+    if not accepts(number):
+        raise UsageError(f"{flag} must lie {bounds}, got {number}")
     return number
+
+
+def parse_threshold(value: Any) -> str | float:
+    """``--threshold``: ``"auto"`` or a float strictly between 0 and 1."""
+    return _auto_or_number(value, "--threshold", "a number between 0 and 1", lambda t: 0.0 < t < 1.0,
+                           "strictly between 0 and 1")
 
 
 def parse_affine(value: Any) -> str | float:
-    """``"auto"`` or a probability in [0, 1] (argparse ``type=`` and field normaliser)."""
-    if isinstance(value, str) and value.strip().lower() == AUTO:
-        return AUTO
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise UsageError(f"--affine takes 'auto' or a probability between 0 and 1, got {value!r}") from None
-    if not 0.0 <= number <= 1.0:
-        raise UsageError(f"--affine is a probability between 0 and 1, got {number}")
-    return number
+    """``--affine``: ``"auto"`` or a probability in [0, 1]."""
+    return _auto_or_number(value, "--affine", "a probability between 0 and 1", lambda p: 0.0 <= p <= 1.0,
+                           "between 0 and 1")
 
 
 #: Fields given as ``auto`` or a number: their parser (argparse ``type=`` and field normaliser).
