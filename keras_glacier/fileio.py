@@ -40,7 +40,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> Path:
 
 
 @contextlib.contextmanager
-def committed_together(writers: list | None = None) -> Iterator[list]:
+def committed_together() -> Iterator[list]:
     """Streamed outputs (a scene's rasters, its outlines) that land together or not at all.
 
     Each writer writes to a temporary file and has ``commit()`` (rename it over the final name) and
@@ -48,7 +48,7 @@ def committed_together(writers: list | None = None) -> Iterator[list]:
     ends normally every writer is committed, and when it (or a commit, or opening a later writer)
     fails, every writer is aborted and the error goes on: no half-written file under a final name.
     """
-    writers = [] if writers is None else writers
+    writers = []
     try:
         yield writers
         for writer in writers:

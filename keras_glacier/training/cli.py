@@ -29,7 +29,8 @@ INVOCATION_FLAGS = ("resume", "overwrite", "malloc", "coordinator", "num_process
 NO_CLUSTER = "none"
 
 
-def _auto_or_number(parse: typing.Callable[[str], object]) -> typing.Callable[[str], object]:
+def _argparse_type(parse: typing.Callable[[str], object]) -> typing.Callable[[str], object]:
+    """``parse`` as an argparse ``type=``: its UsageError becomes argparse's one-line usage error."""
     def argument(text: str):
         try:
             return parse(text)
@@ -41,7 +42,7 @@ def _auto_or_number(parse: typing.Callable[[str], object]) -> typing.Callable[[s
 
 def _value_type(name: str, hint) -> typing.Callable[[str], object]:
     if name in AUTO_OR_NUMBER:
-        return _auto_or_number(AUTO_OR_NUMBER[name])
+        return _argparse_type(AUTO_OR_NUMBER[name])
     args = set(typing.get_args(hint)) or {hint}
     if int in args:
         return int
