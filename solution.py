@@ -1,4 +1,4 @@
-# GlacierHack submission: AttentionDeepLabV3Plus (ResNet-34 + ASPP/CBAM) glacier segmentation.
+# GlacierHack submission: AttentionDeepLabV3Plus (ResNet-18/34 + ASPP/CBAM) glacier segmentation.
 # pip install torch numpy tifffile tqdm
 """Single-file GlacierHack submission and the one PyTorch definition of the network.
 
@@ -60,6 +60,9 @@ TIFF_EXTENSIONS = (".tif", ".tiff")
 
 #: The network's output stride: padded tiles and window sizes are multiples of it.
 MULTIPLE = 16
+#: BasicBlocks per stage (layer1..layer4) of each encoder a model.pth may name (keras_glacier.constants
+#: keeps the package's copy; a test holds the two equal).
+ENCODERS = {"resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3)}
 
 #: GeoTIFF/GDAL tags copied from the Band1 input onto the output mask. GDAL_NODATA (42113) is
 #: left out on purpose: the input's no-data value (often 0) would mark the mask's background as
@@ -123,23 +126,24 @@ class BasicBlock(nn.Module):
         return self.relu(out + identity)
 
 
-class ResNet34Encoder(nn.Module):
-    """ResNet-34 with torchvision names, output stride 16 (layer4 dilated, as smp's make_dilated).
+class ResNetEncoder(nn.Module):
+    """ResNet-18 or ResNet-34 (``blocks`` per stage) with torchvision names, output stride 16 (layer4
+    dilated, as smp's make_dilated).
 
     Returns (low, high): layer1 (stride 4, 64 ch) for the decoder and layer4 (stride 16, 512 ch)
     for the ASPP.
     """
 
-    def __init__(self, in_channels: int) -> None:
+    def __init__(self, in_channels: int, blocks: Sequence[int] = ENCODERS["resnet34"]) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, 64, 7, 2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, 2, padding=1)
-        self.layer1 = self._layer(64, 64, 3, stride=1)
-        self.layer2 = self._layer(64, 128, 4, stride=2)
-        self.layer3 = self._layer(128, 256, 6, stride=2)
-        self.layer4 = self._layer(256, 512, 3, stride=1, dilation=2)
+        self.layer1 = self._layer(64, 64, blocks[0], stride=1)
+        self.layer2 = self._layer(64, 128, blocks[1], stride=2)
+        self.layer3 = self._layer(128, 256, blocks[2], stride=2)
+        self.layer4 = self._layer(256, 512, blocks[3], stride=1, dilation=2)
 
     @staticmethod
     def _layer(in_ch: int, out_ch: int, blocks: int, stride: int, dilation: int = 1) -> nn.Sequential:
@@ -273,7 +277,7 @@ class Decoder(nn.Module):
 
 
 class AttentionDeepLabV3Plus(nn.Module):
-    """DeepLabV3+ (ResNet-34, output stride 16) with CBAM-refined ASPP branches.
+    """DeepLabV3+ (ResNet-18 or ResNet-34, output stride 16) with CBAM-refined ASPP branches.
 
     Takes RAW band values (B, C, H, W), H and W multiples of 16 (the ``normalize`` buffers hold
     the training statistics), and returns float32 logits (B, num_outputs, H, W): one glacier logit
@@ -289,13 +293,14 @@ class AttentionDeepLabV3Plus(nn.Module):
         reduction: int = 16,
         dropout: float = 0.1,
         num_outputs: int = 1,
+        encoder: str = "resnet34",
     ) -> None:
         super().__init__()
         self.in_channels = in_channels
         self.num_outputs = num_outputs
         self.config: Dict[str, object] = {}
         self.normalize = BandNormalization(in_channels)
-        self.backbone = ResNet34Encoder(in_channels)
+        self.backbone = ResNetEncoder(in_channels, ENCODERS[encoder])
         self.aspp = ASPP(512, 256, aspp_rates, reduction, dropout)
         self.decoder = Decoder(64, 256, 48, 256)
         self.head = nn.Conv2d(256, num_outputs, 1, bias=True)
@@ -310,6 +315,7 @@ class AttentionDeepLabV3Plus(nn.Module):
             reduction=int(config["reduction"]),  # type: ignore[arg-type]
             dropout=float(config["dropout"]),  # type: ignore[arg-type]
             num_outputs=num_outputs(config),
+            encoder=str(config["encoder"]),
         )
         model.config = config
         return model
@@ -609,6 +615,7 @@ BINARY_VALUES = (0, 255)
 #: dict) was trained with. Keys this file does not know (band_names, stats, ...) are kept as given.
 CONFIG_DEFAULTS: Dict[str, object] = {
     "task": "binary",
+    "encoder": "resnet34",
     "aspp_rates": [6, 12, 18],
     "reduction": 16,
     "dropout": 0.1,
@@ -661,6 +668,8 @@ def _config_problem(full: Dict[str, object]) -> Optional[str]:
         return f"class_values {values!r} must give one value per class of {names}"
     if not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in values):
         return f"class_values must be integers in 0..255, got {list(values)}"
+    if full["encoder"] not in ENCODERS:
+        return f"encoder must be one of {', '.join(ENCODERS)}, got {full['encoder']!r}"
     rates = full["aspp_rates"]
     if not isinstance(rates, (list, tuple)) or len(rates) != 3 or not all(isinstance(r, int) for r in rates):
         return f"aspp_rates must be three integers, got {rates!r}"

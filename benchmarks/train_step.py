@@ -93,7 +93,7 @@ def make_batch(batch: int, crop: int, seed: int = 0) -> tuple[np.ndarray, np.nda
 # --------------------------------------------------------------------------------------------- Keras
 
 
-def build_keras_trainer(precision: str = "float32", metrics: bool = True):
+def build_keras_trainer(precision: str = "float32", metrics: bool = True, encoder: str = "resnet34"):
     """The model compiled exactly as ``keras_glacier.train.compile_model`` does (constant learning rate)."""
     import keras
 
@@ -103,7 +103,7 @@ def build_keras_trainer(precision: str = "float32", metrics: bool = True):
 
     keras.mixed_precision.set_global_policy(precision)
     try:
-        model = build_deeplab(num_bands=NUM_BANDS, stats=STATS)
+        model = build_deeplab(num_bands=NUM_BANDS, stats=STATS, encoder=encoder)
     finally:
         keras.mixed_precision.set_global_policy("float32")
     model.compile(
@@ -163,12 +163,12 @@ def torch_device():
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def build_torch_trainer(channels_last: bool, device):
+def build_torch_trainer(channels_last: bool, device, encoder: str = "resnet34"):
     import torch
 
     import solution
 
-    model = solution.AttentionDeepLabV3Plus(in_channels=NUM_BANDS)
+    model = solution.AttentionDeepLabV3Plus(in_channels=NUM_BANDS, encoder=encoder)
     with torch.no_grad():
         for name in ("lo", "hi", "mean", "std"):
             getattr(model.normalize, name).copy_(torch.tensor(STATS[name]))
@@ -241,6 +241,7 @@ def run(
     seed: int = 0,
     isolate: bool = True,
     rounds: int = 2,
+    encoder: str = "resnet34",
 ) -> list[dict]:
     """One row per (batch, crop) setting: median step seconds and tiles/s of each framework, and ratios.
 
@@ -265,7 +266,8 @@ def run(
                 for name in names:
                     want_flops = flops and name == "keras" and round_index == 0
                     results[name].append(
-                        _measure_in_process(name, batch, crop, steps, warmup, precision, metrics, want_flops, seed)
+                        _measure_in_process(name, batch, crop, steps, warmup, precision, metrics, want_flops, seed,
+                                            encoder)
                     )
             samples = {name: [s for r in results[name] for s in r["seconds"]] for name in names}
             faults = {name: median([f for r in results[name] for f in r["faults"]]) for name in names}
@@ -273,12 +275,12 @@ def run(
             step_flops = results["keras"][0].get("flops")
         else:
             x, y = make_batch(batch, crop, seed)
-            model = build_keras_trainer(precision, metrics)
+            model = build_keras_trainer(precision, metrics, encoder)
             compile_s, _ = timed(keras_step(model, x, y))
             contenders = {"keras": FaultCounter(keras_step(model, x, y))}
             for fmt in torch_formats:
                 channels_last = fmt == "channels_last"
-                tmodel, optimizer = build_torch_trainer(channels_last, device)
+                tmodel, optimizer = build_torch_trainer(channels_last, device, encoder)
                 step = torch_step(tmodel, optimizer, x, y, channels_last, device, precision)
                 contenders[f"torch_{fmt}"] = FaultCounter(step)
             samples = interleaved(contenders, rounds=steps, warmup=warmup)
@@ -288,6 +290,7 @@ def run(
         keras_s = median(samples["keras"])
         row = {
             "batch x crop": f"{batch}x{crop}",
+            "encoder": encoder,
             "precision": precision,
             "compile_s": compile_s,
             "keras_s": keras_s,
@@ -313,12 +316,12 @@ def run(
 
 
 def measure(name: str, batch: int, crop: int, steps: int, warmup: int, precision: str = "float32",
-            metrics: bool = True, flops: bool = False, seed: int = 0) -> dict:  # fmt: skip
+            metrics: bool = True, flops: bool = False, seed: int = 0, encoder: str = "resnet34") -> dict:  # fmt: skip
     """Times one contender alone: seconds and minor page faults of ``steps`` steps after ``warmup``."""
     x, y = make_batch(batch, crop, seed)
     result: dict = {"compile_s": None}
     if name == "keras":
-        model = build_keras_trainer(precision, metrics)
+        model = build_keras_trainer(precision, metrics, encoder)
         result["compile_s"], _ = timed(keras_step(model, x, y))
         counter = FaultCounter(keras_step(model, x, y))
         if flops:
@@ -326,7 +329,7 @@ def measure(name: str, batch: int, crop: int, steps: int, warmup: int, precision
     elif name in ("torch_nchw", "torch_channels_last"):
         device = torch_device()
         channels_last = name == "torch_channels_last"
-        tmodel, optimizer = build_torch_trainer(channels_last, device)
+        tmodel, optimizer = build_torch_trainer(channels_last, device, encoder)
         counter = FaultCounter(torch_step(tmodel, optimizer, x, y, channels_last, device, precision))
     else:
         raise ValueError(f"unknown contender {name!r}")
@@ -341,11 +344,11 @@ def measure(name: str, batch: int, crop: int, steps: int, warmup: int, precision
 WORKER_PREFIX = "train_step worker result: "
 
 
-def _measure_in_process(name, batch, crop, steps, warmup, precision, metrics, flops, seed) -> dict:
+def _measure_in_process(name, batch, crop, steps, warmup, precision, metrics, flops, seed, encoder) -> dict:
     """``measure`` in a fresh ``python -m benchmarks.train_step --worker`` (same environment, so same allocator)."""
     command = [sys.executable, "-m", "benchmarks.train_step", "--worker", name, "--settings", f"{batch}x{crop}",
                "--steps", str(steps), "--warmup", str(warmup), "--precision", precision,
-               "--seed", str(seed)]  # fmt: skip
+               "--seed", str(seed), "--encoder", encoder]  # fmt: skip
     if not metrics:
         command.append("--no-metrics")
     if not flops:
@@ -408,6 +411,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--rounds", type=int, default=2,
                         help="turns each contender takes, in a fresh process each, when isolated (default 2)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic batch (default 0)")
+    parser.add_argument("--encoder", choices=("resnet18", "resnet34"), default="resnet34",
+                        help="the network's encoder (default resnet34)")
     parser.add_argument("--worker", default=None, choices=("keras", "torch_nchw", "torch_channels_last"),
                         help=argparse.SUPPRESS)
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
@@ -421,13 +426,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.worker:  # one contender alone, for an isolated run (see run)
         (batch, crop), = settings
         result = measure(args.worker, batch, crop, steps, args.warmup, args.precision, not args.no_metrics,
-                         not args.no_flops, args.seed)  # fmt: skip
+                         not args.no_flops, args.seed, args.encoder)  # fmt: skip
         print(WORKER_PREFIX + json.dumps(result), flush=True)
         return [result]
     rows = run(settings, steps=steps, warmup=args.warmup, precision=args.precision,
                torch_formats=tuple(args.torch_formats), metrics=not args.no_metrics,
                flops=not args.no_flops, seed=args.seed, isolate=not args.same_process,
-               rounds=1 if args.quick else args.rounds)  # fmt: skip
+               rounds=1 if args.quick else args.rounds, encoder=args.encoder)  # fmt: skip
     for row in rows:
         row["allocator"] = allocator
     if args.json:

@@ -16,7 +16,7 @@ from convert.export import (
     load_keras_model,
 )
 from convert.name_map import ConversionError, check_against, keras_to_torch_state_dict, torch_to_keras
-from convert.pretrained import adapt_stem, load_torchvision_resnet34, resolve_pretrained
+from convert.pretrained import adapt_stem, load_torchvision_resnet, resolve_pretrained
 
 __all__ = [
     "ConversionError",
@@ -28,7 +28,7 @@ __all__ = [
     "convert_models",
     "keras_to_torch_state_dict",
     "load_keras_model",
-    "load_torchvision_resnet34",
+    "load_torchvision_resnet",
     "resolve_pretrained",
     "torch_to_keras",
 ]

@@ -16,7 +16,7 @@ from convert.name_map import ConversionError, aspp_rates_of
 #: statistics, which travel as the normalisation buffers of the state dict).
 CONFIG_KEYS = (
     "num_bands", "band_names", "task", "class_names", "class_values",
-    "aspp_rates", "reduction", "dropout", "output_stride", "threshold",
+    "encoder", "aspp_rates", "reduction", "dropout", "output_stride", "threshold",
 )
 BINARY_CLASSES = ["background", "glacier"]
 
@@ -42,8 +42,9 @@ def _run_threshold(run_config: dict | None) -> float:
 def model_config(model: keras.Model, run_config: dict | None = None) -> dict:
     """The configuration written into model.pth.
 
-    A ``GlacierDeepLab`` says what it is (``get_config()`` has ``band_names``); an older functional
-    model is a binary model whose band count, ASPP rates and CBAM reduction are read off its layers,
+    A ``GlacierDeepLab`` says what it is (``get_config()`` has ``band_names``; one saved before the
+    encoder choice names none, and solution.py reads that as ResNet-34, which it is); an older functional
+    model is a binary ResNet-34 model whose band count, ASPP rates and CBAM reduction are read off its layers,
     with the threshold of the run's config.json when there is one (else 0.5).
     """
     try:

@@ -25,6 +25,7 @@ from convert.name_map import (
     torch_to_keras,
     variable_value,
 )
+from keras_glacier.constants import DEFAULT_ENCODER
 from keras_glacier.errors import InputError
 from keras_glacier.fileio import atomic_write
 
@@ -216,6 +217,7 @@ def float32_reference(model: keras.Model, config: dict) -> tuple[keras.Model, tu
             stats=stats,
             aspp_rates=config["aspp_rates"],
             reduction=config["reduction"],
+            encoder=config.get("encoder", DEFAULT_ENCODER),
             **kwargs,
         )
     finally:

@@ -1,8 +1,8 @@
-"""Initialises the Keras backbone from a torchvision-layout ResNet-34 state dict.
+"""Initialises the Keras backbone from a torchvision-layout ResNet-18 / ResNet-34 state dict.
 
 ``--pretrained FILE`` names the file; ``--pretrained imagenet`` (:func:`resolve_pretrained`) finds
-torchvision's ImageNet weights in the torch hub cache, downloading them there (checked against the
-published hash, as torchvision does) where there is internet. The 3-channel RGB stem is spread over
+torchvision's ImageNet weights of the model's encoder in the torch hub cache, downloading them there
+(checked against the published hash, as torchvision does) where there is internet. The 3-channel RGB stem is spread over
 the model's N input bands so that a band-stacked input of RGB-like statistics produces the same stem
 activations in expectation as RGB did.
 """
@@ -17,18 +17,22 @@ import keras
 import numpy as np
 
 from convert.name_map import ConversionError, iter_weighted_layers, layer_kind, torch_to_keras
+from keras_glacier.constants import DEFAULT_ENCODER, ENCODERS
 
-#: torchvision's ResNet-34 ImageNet weights (``ResNet34_Weights.IMAGENET1K_V1``): the published URL,
-#: and the sha256 prefix that torchvision checks, which is also in the file name.
-IMAGENET_URL = "https://download.pytorch.org/models/resnet34-b627a593.pth"
-IMAGENET_HASH_PREFIX = "b627a593"
+#: torchvision's ImageNet weights of each encoder (``ResNet18_Weights`` / ``ResNet34_Weights``
+#: ``.IMAGENET1K_V1``): the published URL, and the sha256 prefix that torchvision checks, which is
+#: also in the file name.
+IMAGENET_WEIGHTS = {
+    "resnet18": ("https://download.pytorch.org/models/resnet18-f37072fd.pth", "f37072fd"),
+    "resnet34": ("https://download.pytorch.org/models/resnet34-b627a593.pth", "b627a593"),
+}
 PRETRAINED_NAMES = ("imagenet",)
 
 STEM_KEY = "conv1.weight"
 IGNORED_PREFIXES = ("fc.",)  # the ImageNet classifier has no counterpart in the segmentation model
 
 
-def hub_checkpoint_path(url: str = IMAGENET_URL) -> Path:
+def hub_checkpoint_path(url: str = IMAGENET_WEIGHTS[DEFAULT_ENCODER][0]) -> Path:
     """Where torch hub (and torchvision) keep ``url``'s file: ``<torch hub dir>/checkpoints/<name>``."""
     import torch
 
@@ -36,13 +40,15 @@ def hub_checkpoint_path(url: str = IMAGENET_URL) -> Path:
 
 
 def resolve_pretrained(
-    spec: str | Path, url: str = IMAGENET_URL, hash_prefix: str = IMAGENET_HASH_PREFIX, progress: bool = False
+    spec: str | Path, encoder: str = DEFAULT_ENCODER, url: str | None = None, hash_prefix: str | None = None,
+    progress: bool = False,
 ) -> Path:
-    """The state dict file that ``--pretrained SPEC`` means.
+    """The state dict file that ``--pretrained SPEC`` means for a model with this ``encoder``.
 
-    ``imagenet``: torchvision's ResNet-34 ImageNet weights in the torch hub cache (shared with
-    torchvision, so a file it downloaded is reused), downloaded from ``url`` when absent and accepted
-    only if its sha256 starts with ``hash_prefix``. Anything else is a path to an existing file.
+    ``imagenet``: torchvision's ImageNet weights of ``encoder`` in the torch hub cache (shared with
+    torchvision, so a file it downloaded is reused), downloaded from ``url`` (default: the published
+    one, :data:`IMAGENET_WEIGHTS`) when absent and accepted only if its sha256 starts with
+    ``hash_prefix``. Anything else is a path to an existing file.
     Raises ConversionInputError with one line: the file missing, the hash wrong, or no network (then
     telling the user where to download the file and to pass it with ``--pretrained FILE``).
     """
@@ -55,6 +61,8 @@ def resolve_pretrained(
                 f"{path}: pretrained weights file not found (give a file or one of: {', '.join(PRETRAINED_NAMES)})"
             )
         return path
+    published_url, published_hash = IMAGENET_WEIGHTS[encoder]
+    url, hash_prefix = url or published_url, hash_prefix or published_hash
     target = hub_checkpoint_path(url)
     if target.is_file():
         return target
@@ -130,16 +138,40 @@ def _read_state_dict(path: Path) -> Mapping[str, object]:
     return state
 
 
-def load_torchvision_resnet34(path: str | Path, keras_model: keras.Model) -> set[str]:
+def blocks_per_stage(names) -> tuple[int, ...]:
+    """BasicBlocks in each of layer1..layer4, counted from torchvision-style names (``layer3.5.conv1...``)."""
+    blocks = [set() for _ in range(4)]
+    for name in names:
+        parts = str(name).split(".")
+        if len(parts) > 2 and parts[0] in ("layer1", "layer2", "layer3", "layer4") and parts[1].isdigit():
+            blocks[int(parts[0][-1]) - 1].add(parts[1])
+    return tuple(len(stage) for stage in blocks)
+
+
+def encoder_name(blocks: tuple[int, ...]) -> str:
+    """The encoder with these blocks per stage (``constants.ENCODERS``), or a description of them."""
+    return next((name for name, known in ENCODERS.items() if known == blocks), f"a ResNet with blocks {blocks}")
+
+
+def load_torchvision_resnet(path: str | Path, keras_model: keras.Model) -> set[str]:
     """Loads the backbone weights of ``keras_model`` (whole model or its backbone) from ``path``.
 
-    Returns the state-dict keys that were used. Raises ConversionError naming the file and the first
-    missing key (or the mismatching shapes) when the file is not a torchvision ResNet-34 state dict;
-    the model is left untouched then.
+    Returns the state-dict keys that were used. Raises ConversionError naming the file and what is
+    wrong when the file is not a torchvision state dict of the model's encoder: weights of the other
+    encoder (resnet34 for a resnet18 model, say), the first missing key, or mismatching shapes; the
+    model is left untouched then.
     """
     path = Path(path)
     state = _read_state_dict(path)
     prefix_map = _backbone_prefix_map(keras_model)
+    names = [layer_path for layer_path, _ in iter_weighted_layers(keras_model)]
+    model_encoder = encoder_name(blocks_per_stage(n.removeprefix("backbone.") for n in names))
+    file_encoder = encoder_name(blocks_per_stage(state))
+    if STEM_KEY in state and file_encoder != model_encoder and file_encoder in ENCODERS:
+        raise ConversionError(
+            f"{path}: torchvision {file_encoder} weights, but the model's encoder is {model_encoder} "
+            f"(train with --encoder {file_encoder}, or give {model_encoder} weights)"
+        )
     expected = []
     for layer_path, layer in iter_weighted_layers(keras_model):
         if prefix_map is None or layer_path.startswith("backbone."):
@@ -150,14 +182,14 @@ def load_torchvision_resnet34(path: str | Path, keras_model: keras.Model) -> set
     first_missing = next((key for key in expected if key not in state), None)
     if first_missing is not None:
         raise ConversionError(
-            f"{path}: not a torchvision ResNet-34 state dict (first missing key: '{first_missing}')"
+            f"{path}: not a torchvision {model_encoder} state dict (first missing key: '{first_missing}')"
         )
     adapted = {key: value for key, value in state.items() if not key.startswith(IGNORED_PREFIXES)}
     try:
         adapted[STEM_KEY] = adapt_stem(_as_numpy(state[STEM_KEY]), _stem_bands(keras_model, prefix_map))
         return torch_to_keras(adapted, keras_model, prefix_map=prefix_map, strict=True)
     except ConversionError as exc:
-        raise ConversionError(f"{path}: not a torchvision ResNet-34 state dict: {exc}") from exc
+        raise ConversionError(f"{path}: not a torchvision {model_encoder} state dict: {exc}") from exc
 
 
 def _as_numpy(value) -> np.ndarray:

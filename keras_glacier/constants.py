@@ -17,6 +17,12 @@ OUTPUT_STRIDE = 16
 #: its own copy, as it imports nothing from the package, and reads the rates from model.pth).
 ASPP_RATES = (6, 12, 18)
 
+#: The ResNet encoders (torchvision's BasicBlock ResNets) and their BasicBlocks per stage (layer1..layer4);
+#: solution.py keeps its own copy, as it imports nothing from the package, and reads the name from model.pth.
+ENCODERS = {"resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3)}
+#: The encoder of a model whose configuration names none (everything saved before ``--encoder``).
+DEFAULT_ENCODER = "resnet34"
+
 #: Probability of the free rotation and zoom of a training crop that ``--affine auto`` gives a small
 #: dataset (``keras_glacier.data.sampling.auto_affine``; measured on everest-west, benchmarks/RESULTS.md).
 AFFINE_PROBABILITY = 0.7

@@ -226,7 +226,7 @@ def test_pretrained_torchvision_weights_initialise_the_encoder(tmp_path):
     import solution
     from keras_glacier.data.stats import BandStats
 
-    encoder = solution.ResNet34Encoder(3).state_dict()
+    encoder = solution.ResNetEncoder(3).state_dict()
     generator = torch.Generator().manual_seed(0)
     state = {k: (torch.randn(v.shape, generator=generator) if v.is_floating_point() else v) for k, v in encoder.items()}
     state["fc.weight"], state["fc.bias"] = torch.zeros(1000, 512), torch.zeros(1000)
@@ -284,6 +284,34 @@ def test_affine_probability_reaches_the_training_augmentation_only(finished_run)
     no_aug = dataclasses.replace(result.config, augment=False)
     train_seq, _ = fit.make_datasets(no_aug, run_dir, train_tiles, val, stats, bands)
     assert train_seq.augmenter is None
+
+
+def test_encoder_auto_gives_a_small_dataset_resnet18_everywhere_the_model_goes(finished_run):
+    import dataclasses
+
+    import torch
+
+    from keras_glacier.data.sampling import MIN_STEPS, min_steps
+    from keras_glacier.training import fit
+
+    run_dir, result = finished_run
+    _, bands, _, train_tiles, val, stats, _ = fit.prepare_data(result.config, run_dir, resume=True)
+    assert result.config.encoder == "auto" and len(train_tiles) < MIN_STEPS * result.config.batch_size
+    assert json.loads((run_dir / "run.json").read_text())["encoder"] == "resnet18"
+    saved = keras.saving.load_model(run_dir / "model.keras", compile=False)
+    assert saved.get_config()["encoder"] == "resnet18"
+    assert sum(name.startswith("layer3.") and name.endswith(".conv1")
+               for name in (layer.name for layer in saved.get_layer("backbone").layers)) == 2
+    assert torch.load(run_dir / "model.pth", weights_only=True)["config"]["encoder"] == "resnet18"
+    # The default epoch of a small dataset is the ResNet-18 floor: twice the ResNet-34 steps, the same time.
+    default_epoch = dataclasses.replace(result.config, samples_per_epoch=None)
+    train_seq, _ = fit.make_datasets(default_epoch, run_dir, train_tiles, val, stats, bands)
+    assert len(train_seq) == min_steps("resnet18") == 2 * min_steps("resnet34")
+    chosen = dataclasses.replace(default_epoch, encoder="resnet34")
+    train_seq, _ = fit.make_datasets(chosen, run_dir, train_tiles, val, stats, bands)
+    assert len(train_seq) == MIN_STEPS
+    assert fit.build_model(chosen, stats, len(bands), encoder=fit.encoder_for(chosen, len(train_tiles))
+                           ).get_config()["encoder"] == "resnet34"
 
 
 def test_checkpoint_and_early_stopping_follow_the_validation_mcc_upwards(finished_run):

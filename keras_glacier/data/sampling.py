@@ -23,7 +23,15 @@ number of crops that tile the training area once (``sum ceil(h/crop) * ceil(w/cr
   per epoch, so patience, warm-up and the cosine schedule count in useful units. The cap keeps the
   default 40-epoch budget within a CPU run of minutes rather than hours on large scenes;
 - at least ``MIN_STEPS`` steps, so a toy dataset still takes a few steps between validations
-  (each validation pass costs about as much as several training steps).
+  (each validation pass costs about as much as several training steps). The floor is a time: a
+  ResNet-18 step costs about half a ResNet-34 step (benchmarks/PERFORMANCE.md), so with ResNet-18
+  it is twice as many steps (:func:`min_steps`), and an epoch of a small dataset takes about as long
+  with either encoder.
+
+Small datasets, fewer training tiles than ``MIN_STEPS * batch`` (:func:`small_dataset`: everest-west's
+9, GlacierHack phase 1's 25), are where the floor decides the epoch; ``--affine auto`` and
+``--encoder auto`` give them free rotation and zoom (:func:`auto_affine`) and the ResNet-18 encoder
+(:func:`auto_encoder`), both measured on everest-west (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -33,10 +41,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from keras_glacier.constants import AFFINE_PROBABILITY
+from keras_glacier.constants import AFFINE_PROBABILITY, DEFAULT_ENCODER
 
-#: Fewest optimiser steps in a default epoch.
+#: Fewest optimiser steps in a default epoch (of ResNet-34 steps; see :func:`min_steps`).
 MIN_STEPS = 8
+#: How many ResNet-18 steps cost what one ResNet-34 step does (benchmarks/PERFORMANCE.md).
+RESNET18_STEPS_PER_RESNET34_STEP = 2
 #: Most steps a default epoch spends covering the training area once.
 MAX_COVER_STEPS = 64
 
@@ -67,21 +77,43 @@ def covering_crops(shapes: Sequence[tuple[int, int]], crop: int | None) -> int:
     return int(sum(math.ceil(h / crop) * math.ceil(w / crop) for h, w in shapes))
 
 
-def default_samples_per_epoch(shapes: Sequence[tuple[int, int]], crop: int | None, batch_size: int) -> int:
+def min_steps(encoder: str = DEFAULT_ENCODER) -> int:
+    """Fewest optimiser steps of a default epoch with ``encoder``: the same time for either encoder."""
+    return MIN_STEPS * (RESNET18_STEPS_PER_RESNET34_STEP if encoder == "resnet18" else 1)
+
+
+def default_samples_per_epoch(shapes: Sequence[tuple[int, int]], crop: int | None, batch_size: int,
+                              encoder: str = DEFAULT_ENCODER) -> int:
     """The default epoch size, in crops (see the module docstring for the rule and its reasons)."""
     cover = min(covering_crops(shapes, crop), MAX_COVER_STEPS * batch_size)
-    return max(len(shapes), MIN_STEPS * batch_size, cover)
+    return max(len(shapes), min_steps(encoder) * batch_size, cover)
+
+
+def small_dataset(num_tiles: int, batch_size: int) -> bool:
+    """Fewer training tiles than the least number of crops a default epoch draws (``MIN_STEPS * batch``):
+    every epoch then shows each tile several times."""
+    return num_tiles < MIN_STEPS * batch_size
 
 
 def auto_affine(num_tiles: int, batch_size: int) -> float:
     """``--affine auto``: the probability of a free rotation and zoom per crop, from the tile count.
 
-    On when there are fewer training tiles than the least number of crops a default epoch draws
-    (``MIN_STEPS * batch``): every epoch then shows each tile several times, and flips and quarter
+    On for a :func:`small_dataset`, whose epochs show each tile several times while flips and quarter
     turns alone give only 8 views of it (everest-west's 9 tiles, GlacierHack's 25). Datasets with
     more tiles (the demo's ~50, HKH's thousands) keep the augmentation their figures were measured with.
     """
-    return AFFINE_PROBABILITY if num_tiles < MIN_STEPS * batch_size else 0.0
+    return AFFINE_PROBABILITY if small_dataset(num_tiles, batch_size) else 0.0
+
+
+def auto_encoder(num_tiles: int, batch_size: int) -> str:
+    """``--encoder auto``: ResNet-18 for a :func:`small_dataset`, else ResNet-34.
+
+    A small dataset's training is short of optimiser steps, not of capacity (on everest-west the
+    ResNet-34 runs end with a training MCC of 0.65-0.80 after 200-320 steps); ResNet-18 takes twice the
+    steps in the same time (:func:`min_steps`). Larger datasets (the demo, HKH) keep the ResNet-34 their
+    figures were measured with.
+    """
+    return "resnet18" if small_dataset(num_tiles, batch_size) else "resnet34"
 
 
 def crops_per_tile(weights: np.ndarray, total: int, rng: np.random.Generator) -> np.ndarray:

@@ -11,11 +11,11 @@ from keras_glacier.model.layers import (
     FastMaxPooling2D,
     SpatialBroadcast,
 )
-from keras_glacier.model.resnet import RESNET34_STAGES, build_resnet34_backbone
+from keras_glacier.model.resnet import RESNET_STAGES, build_resnet_backbone
 
 __all__ = [
     "CONFIG_KEYS",
-    "RESNET34_STAGES",
+    "RESNET_STAGES",
     "BandNormalization",
     "ChannelMaxMean",
     "FastConv2D",
@@ -25,7 +25,7 @@ __all__ = [
     "SpatialBroadcast",
     "aspp",
     "build_deeplab",
-    "build_resnet34_backbone",
+    "build_resnet_backbone",
     "cbam",
     "default_stats",
 ]

@@ -1,9 +1,9 @@
-"""DeepLabV3+ (ResNet-34 encoder, ASPP with CBAM) taking raw bands and returning float32 logits.
+"""DeepLabV3+ (ResNet-18 or ResNet-34 encoder, ASPP with CBAM) taking raw bands and returning float32 logits.
 
 ``GlacierDeepLab`` is a ``keras.Model`` built functionally in its constructor (as keras-hub builds its
 backbones), so it is an ordinary functional graph with ordinary layer names (the PyTorch module paths)
 and at the same time a class whose ``get_config`` says what the network is: its bands, classes,
-decision threshold, ASPP rates, CBAM reduction, dropout, output stride and input statistics.
+decision threshold, encoder, ASPP rates, CBAM reduction, dropout, output stride and input statistics.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from collections.abc import Mapping, Sequence
 import keras
 from keras import layers
 
-from keras_glacier.constants import ASPP_RATES, OUTPUT_STRIDE, PHASE2_VALUES
+from keras_glacier.constants import ASPP_RATES, DEFAULT_ENCODER, OUTPUT_STRIDE, PHASE2_VALUES
 from keras_glacier.model.aspp import aspp
 from keras_glacier.model.layers import PACKAGE, BandNormalization, FastConv2D, FastDepthwiseConv2D
-from keras_glacier.model.resnet import batch_norm, build_resnet34_backbone
+from keras_glacier.model.resnet import batch_norm, build_resnet_backbone, check_encoder
 
 __all__ = ["CONFIG_KEYS", "GlacierDeepLab", "build_deeplab", "default_stats"]
 
@@ -28,8 +28,8 @@ BINARY_CLASSES = ("background", "glacier")
 BINARY_VALUES = (0, 255)
 #: What ``GlacierDeepLab.get_config`` returns: exactly its constructor arguments.
 CONFIG_KEYS = (
-    "num_bands", "band_names", "task", "class_names", "class_values", "aspp_rates", "reduction", "dropout",
-    "output_stride", "threshold", "stats",
+    "num_bands", "band_names", "task", "class_names", "class_values", "encoder", "aspp_rates", "reduction",
+    "dropout", "output_stride", "threshold", "stats",
 )  # fmt: skip
 
 
@@ -106,6 +106,7 @@ class GlacierDeepLab(keras.Model):
         task: str = "binary",
         class_names: Sequence[str] | None = None,
         class_values: Sequence[int] | None = None,
+        encoder: str = DEFAULT_ENCODER,
         aspp_rates: Sequence[int] = ASPP_RATES,
         reduction: int = 16,
         dropout: float = 0.1,
@@ -124,6 +125,7 @@ class GlacierDeepLab(keras.Model):
         if len(band_names) != num_bands:
             raise ValueError(f"band_names has {len(band_names)} names but num_bands is {num_bands}")
         class_names, class_values = _checked_classes(task, class_names, class_values)
+        encoder = check_encoder(str(encoder))
         if not 0.0 < float(threshold) < 1.0:
             raise ValueError(f"threshold must be a probability strictly between 0 and 1 (got {threshold})")
         stats = _checked_stats(stats, num_bands)
@@ -131,7 +133,7 @@ class GlacierDeepLab(keras.Model):
 
         inputs = keras.Input((None, None, num_bands), name="bands", dtype="float32")
         x = BandNormalization(**stats, name="normalize")(inputs)
-        low, high = build_resnet34_backbone(num_bands, output_stride=int(output_stride))(x)
+        low, high = build_resnet_backbone(num_bands, encoder, output_stride=int(output_stride))(x)
         x = aspp(high, rates=tuple(int(r) for r in aspp_rates), dropout=float(dropout), reduction=int(reduction))
         low = FastConv2D(LOW_CHANNELS, 1, use_bias=False, name="decoder.low_proj.conv")(low)
         low = batch_norm("decoder.low_proj.bn")(low)
@@ -151,6 +153,7 @@ class GlacierDeepLab(keras.Model):
         self.task = task
         self.class_names = class_names
         self.class_values = class_values
+        self.encoder = encoder
         self.aspp_rates = [int(r) for r in aspp_rates]
         self.reduction = int(reduction)
         self.dropout = float(dropout)
@@ -169,6 +172,7 @@ class GlacierDeepLab(keras.Model):
             "task": self.task,
             "class_names": list(self.class_names),
             "class_values": list(self.class_values),
+            "encoder": self.encoder,
             "aspp_rates": list(self.aspp_rates),
             "reduction": self.reduction,
             "dropout": self.dropout,

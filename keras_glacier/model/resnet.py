@@ -1,4 +1,4 @@
-"""ResNet-34 encoder with torchvision's layer names and smp's dilated last stage.
+"""ResNet-18 / ResNet-34 encoders with torchvision's layer names and smp's dilated last stage.
 
 Layer names are the PyTorch module paths (minus the ``backbone.`` prefix) so that converting weights
 to the PyTorch twin is a lookup, not a guess. Padding is explicit wherever PyTorch's symmetric
@@ -10,25 +10,28 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+from keras_glacier.constants import DEFAULT_ENCODER, ENCODERS
 from keras_glacier.model.layers import FastConv2D, FastMaxPooling2D
 
 __all__ = [
     "BN_EPSILON",
     "BN_MOMENTUM",
-    "RESNET34_STAGES",
+    "RESNET_STAGES",
     "basic_block",
     "batch_norm",
-    "build_resnet34_backbone",
+    "build_resnet_backbone",
+    "check_encoder",
     "conv3x3",
 ]
 
-#: (stage name, channels, number of BasicBlocks, stride of the first block, dilation).
-#: layer4 keeps stride 1 and dilates by 2 instead (output stride 16, as smp's make_dilated).
-RESNET34_STAGES = (
-    ("layer1", 64, 3, 1, 1),
-    ("layer2", 128, 4, 2, 1),
-    ("layer3", 256, 6, 2, 1),
-    ("layer4", 512, 3, 1, 2),
+#: (stage name, channels, stride of the first block, dilation) of every encoder; the number of
+#: BasicBlocks per stage is the encoder's (``constants.ENCODERS``). layer4 keeps stride 1 and dilates
+#: by 2 instead (output stride 16, as smp's make_dilated).
+RESNET_STAGES = (
+    ("layer1", 64, 1, 1),
+    ("layer2", 128, 2, 1),
+    ("layer3", 256, 2, 1),
+    ("layer4", 512, 1, 2),
 )
 
 BN_EPSILON = 1e-5
@@ -67,11 +70,20 @@ def basic_block(x, filters: int, stride: int, dilation: int, downsample: bool, n
     return layers.ReLU(name=f"{name}.relu2")(out)
 
 
-def build_resnet34_backbone(num_bands: int = 5, output_stride: int = 16) -> keras.Model:
-    """Functional ResNet-34 mapping (B, H, W, num_bands) to [low (stride 4, 64 ch), high (stride 16, 512 ch)].
+def check_encoder(encoder: str) -> str:
+    """``encoder`` if it names one of ``constants.ENCODERS``, else ValueError listing them."""
+    if encoder not in ENCODERS:
+        raise ValueError(f"encoder must be one of {', '.join(ENCODERS)}, got {encoder!r}")
+    return encoder
 
-    Only output stride 16 exists, because the PyTorch twin and the spec fix layer4's dilation.
+
+def build_resnet_backbone(num_bands: int = 5, encoder: str = DEFAULT_ENCODER, output_stride: int = 16) -> keras.Model:
+    """Functional ResNet mapping (B, H, W, num_bands) to [low (stride 4, 64 ch), high (stride 16, 512 ch)].
+
+    ``encoder``: resnet18 or resnet34 (same stages and channels, fewer blocks per stage). Only output
+    stride 16 exists, because the PyTorch twin and the spec fix layer4's dilation.
     """
+    blocks_per_stage = ENCODERS[check_encoder(encoder)]
     if output_stride != 16:
         raise ValueError(f"only output_stride=16 is supported (got {output_stride})")
     if num_bands < 1:
@@ -86,7 +98,7 @@ def build_resnet34_backbone(num_bands: int = 5, output_stride: int = 16) -> kera
 
     in_channels = 64
     low = None
-    for stage, filters, blocks, stride, dilation in RESNET34_STAGES:
+    for (stage, filters, stride, dilation), blocks in zip(RESNET_STAGES, blocks_per_stage):
         for k in range(blocks):
             block_stride = stride if k == 0 else 1
             downsample = k == 0 and (block_stride != 1 or in_channels != filters)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from keras_glacier.constants import AFFINE_PROBABILITY, ASPP_RATES
+from keras_glacier.constants import AFFINE_PROBABILITY, ASPP_RATES, ENCODERS
 from keras_glacier.errors import UsageError
 
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
@@ -29,6 +29,8 @@ LOSSES = ("bce_dice", "focal", "tversky", "lovasz")
 CLASS_WEIGHTS = ("none", "auto")
 DISTRIBUTIONS = ("none", "data_parallel")
 AUTO = "auto"
+#: ``--encoder`` values: auto (keras_glacier.data.sampling.auto_encoder) or an encoder name.
+ENCODER_CHOICES = (AUTO, *ENCODERS)
 
 #: Fields that ``--resume`` takes from the command line rather than from the saved config.json:
 #: raising the epoch budget and changing the loader threads do not change what the run learns
@@ -88,6 +90,12 @@ class TrainConfig:
         0.0, "validate, checkpoint and export a moving average of the weights with this momentum (e.g. 0.99, "
         "ramped up over the first steps, see keras_glacier.training.optimizer); 0 = the raw weights",
         metavar="MOMENTUM")
+    encoder: str = _setting(
+        AUTO, "the ResNet encoder: resnet18 (about half the compute of a step, so twice the steps in the same "
+        "time) or resnet34; auto = resnet18 with fewer training tiles than a default epoch's least number of "
+        "crops (batch x 8, as for --affine auto: everest-west's 9, GlacierHack's 25), else resnet34 (see "
+        "keras_glacier.data.sampling.auto_encoder); stored in the model and model.pth",
+        choices=ENCODER_CHOICES)
     aspp_rates: str = _setting(
         ",".join(map(str, ASPP_RATES)), "dilation rates of the ASPP's three 3x3 branches (comma-separated, "
         "DeepLabV3+'s by default); they act on features at 1/16 of the crop, so small tiles may want smaller "
@@ -187,6 +195,7 @@ class TrainConfig:
         if not (isinstance(self.ema, (int, float)) and 0.0 <= self.ema < 1.0):
             raise UsageError(f"--ema must lie in [0, 1) (0 turns the weight average off), got {self.ema!r}")
         for name, choices in (("task", TASKS), ("loss", LOSSES), ("class_weights", CLASS_WEIGHTS),
+                              ("encoder", ENCODER_CHOICES),
                               ("precision", PRECISIONS), ("distribute", DISTRIBUTIONS)):
             if getattr(self, name) not in choices:
                 raise UsageError(f"{flag_of(name)} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
@@ -228,6 +237,8 @@ class TrainConfig:
                 values[new] = not saved[old]
         if "affine" not in values:  # runs from before --affine turned crops by quarter turns only
             values["affine"] = 0.0
+        if "encoder" not in values:  # runs from before --encoder had a ResNet-34
+            values["encoder"] = "resnet34"
         if isinstance(values.get("bands"), list):  # channel numbers, as older runs saved them
             values["bands"] = ",".join(str(b) for b in values["bands"])
         if "bands" in saved and saved["bands"] is None:

@@ -141,6 +141,13 @@ def effective_crop(requested: int | None, shape: tuple[int, int]) -> int | None:
     return None if h == w == side else side
 
 
+def encoder_for(config: TrainConfig, num_train_tiles: int) -> str:
+    """The encoder a run builds: ``--encoder``, with auto decided by the training tile count."""
+    from keras_glacier.data.sampling import auto_encoder
+
+    return auto_encoder(num_train_tiles, config.batch_size) if config.encoder == AUTO else config.encoder
+
+
 def make_datasets(config: TrainConfig, run_dir: Path, train, val, stats, bands):
     """(training, validation) datasets; the training epoch is ``samples_per_epoch`` sampled crops.
 
@@ -154,7 +161,8 @@ def make_datasets(config: TrainConfig, run_dir: Path, train, val, stats, bands):
 
     shapes = [tile_shape(sample) for sample in train]
     crop = effective_crop(config.crop, shapes[0])
-    samples = config.samples_per_epoch or default_samples_per_epoch(shapes, crop, config.batch_size)
+    samples = config.samples_per_epoch or default_samples_per_epoch(
+        shapes, crop, config.batch_size, encoder_for(config, len(train)))
     common = dict(stats=stats, bands=bands, workers=config.workers,
                   cache_dir=cache_folder(run_dir) if config.cache else None)
     affine = auto_affine(len(train), config.batch_size) if config.affine == AUTO else config.affine

@@ -18,7 +18,14 @@ from keras_glacier.errors import UsageError
 from keras_glacier.fileio import save_keras_model, write_json
 from keras_glacier.training import parallel
 from keras_glacier.training.config import AUTO, TrainConfig
-from keras_glacier.training.data import effective_crop, fold_split, make_datasets, prepare_data, resolve_bands
+from keras_glacier.training.data import (
+    effective_crop,
+    encoder_for,
+    fold_split,
+    make_datasets,
+    prepare_data,
+    resolve_bands,
+)
 from keras_glacier.training.optimizer import make_optimizer
 from keras_glacier.training.run_folder import (
     CONFIG_FILE,
@@ -60,11 +67,11 @@ def set_up_devices(config: TrainConfig) -> tuple[int, str]:
 
 
 # -------------------------------------------------------------------------------------- model
-def pretrained_file(spec: str) -> str:
-    """A ``--pretrained`` value as a file: a path stays, ``imagenet`` is fetched (convert.pretrained)."""
+def pretrained_file(spec: str, encoder: str) -> str:
+    """A ``--pretrained`` value as a file: a path stays, ``imagenet`` is ``encoder``'s, fetched (convert.pretrained)."""
     from convert.pretrained import resolve_pretrained
 
-    return str(resolve_pretrained(spec))
+    return str(resolve_pretrained(spec, encoder))
 
 
 def rotation_note(train_seq) -> str:
@@ -75,20 +82,27 @@ def rotation_note(train_seq) -> str:
 
 
 def build_model(config: TrainConfig, stats, num_bands: int, band_names: Sequence[str] | None = None,
-                classes: Sequence[str] | None = None, class_values: Sequence[int] | None = None):
-    """The network for ``config``: a GlacierDeepLab that carries its bands, classes and statistics."""
-    from keras_glacier.model import GlacierDeepLab
-    from keras_glacier.training.config import aspp_rates
+                classes: Sequence[str] | None = None, class_values: Sequence[int] | None = None,
+                encoder: str | None = None):
+    """The network for ``config``: a GlacierDeepLab that carries its bands, classes and statistics.
 
-    model = GlacierDeepLab(num_bands=num_bands, band_names=band_names, task=config.task,
+    ``encoder``: what ``--encoder auto`` resolved to for the run's data (:func:`encoder_for`); None
+    takes ``config.encoder``, which then must name one (ResNet-34 for auto).
+    """
+    from keras_glacier.constants import DEFAULT_ENCODER
+    from keras_glacier.model import GlacierDeepLab
+    from keras_glacier.training.config import AUTO, aspp_rates
+
+    encoder = encoder or (DEFAULT_ENCODER if config.encoder == AUTO else config.encoder)
+    model = GlacierDeepLab(num_bands=num_bands, band_names=band_names, task=config.task, encoder=encoder,
                            aspp_rates=aspp_rates(config.aspp_rates),
                            class_names=None if classes is None else list(classes),
                            class_values=None if class_values is None else list(class_values),
                            stats=stats.to_dict())
     if config.pretrained is not None:
-        from convert import load_torchvision_resnet34
+        from convert import load_torchvision_resnet
 
-        load_torchvision_resnet34(pretrained_file(config.pretrained), model)
+        load_torchvision_resnet(pretrained_file(config.pretrained, encoder), model)
     return model
 
 
@@ -229,12 +243,13 @@ def train_one(config: TrainConfig, run_dir: Path, resume: bool, extra_callbacks:
     classes = list(source.class_names)
     weights = class_weights_for(config, summary)
     train_seq, val_seq = make_datasets(config, run_dir, train_tiles, val, stats, bands)
+    encoder = encoder_for(config, len(train_tiles))
     if chief:
         write_run_facts(run_dir, bands_used=[int(b) for b in bands], band_names=list(band_names),
                         class_names=classes, class_values=[int(v) for v in source.class_values],
                         mask_layout=source.mask_layout, label_fractions=summary.fractions(),
                         data_kind=source.kind, data=str(source.root), devices=devices, precision=precision,
-                        samples_per_epoch=train_seq.samples_per_epoch, steps_per_epoch=len(train_seq),
+                        samples_per_epoch=train_seq.samples_per_epoch, steps_per_epoch=len(train_seq), encoder=encoder,
                         keras_version=keras.__version__, backend=keras.backend.backend(),
                         **({} if processes == 1 else {"processes": processes}),
                         **({} if fold is None else {"fold": fold[0] + 1, "folds": fold[1]}))
@@ -244,9 +259,9 @@ def train_one(config: TrainConfig, run_dir: Path, resume: bool, extra_callbacks:
           f"{list(band_names)}, crops {tile[0]}x{tile[1]}, {train_seq.samples_per_epoch} per epoch "
           f"({len(train_seq)} steps){rotation_note(train_seq)}, run folder {run_dir}", flush=True)
 
-    model = build_model(config, stats, len(bands), band_names, classes, source.class_values)
+    model = build_model(config, stats, len(bands), band_names, classes, source.class_values, encoder)
     params = model.count_params()
-    print(f"model: {model.name}, {params / 1e6:.2f}M parameters ({params * 4 / 1e6:.1f} MB as float32), "
+    print(f"model: {model.name} ({encoder}), {params / 1e6:.2f}M parameters ({params * 4 / 1e6:.1f} MB as float32), "
           f"precision {precision}, {devices} device(s), backend {keras.backend.backend()}", flush=True)
     compile_model(model, config, len(train_seq), classes, weights)
     callbacks = [*make_callbacks(config, run_dir, train_seq, val_seq, stats, resume, classes), *extra_callbacks]

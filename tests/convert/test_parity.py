@@ -27,7 +27,7 @@ from convert.name_map import (
 )
 from convert.parity import PROBE_STATS as STATS
 from convert.parity import STAGES, randomize_weights, stage_differences
-from convert.pretrained import load_torchvision_resnet34
+from convert.pretrained import load_torchvision_resnet
 from keras_glacier.model import build_deeplab
 
 LOGIT_TOLERANCE = 1e-4
@@ -35,9 +35,10 @@ LOGIT_TOLERANCE = 1e-4
 STAGE_RELATIVE_TOLERANCE = 1e-5
 
 
-@pytest.fixture(scope="module")
-def keras_model():
-    model = build_deeplab(num_bands=5, stats=STATS)
+@pytest.fixture(scope="module", params=["resnet34", "resnet18"])
+def keras_model(request):
+    """A model of each encoder: every parity test below holds for both."""
+    model = build_deeplab(num_bands=5, stats=STATS, encoder=request.param)
     randomize_weights(model, seed=0)
     return model
 
@@ -55,9 +56,10 @@ def torch_module(keras_model, converted):
 
 
 @pytest.fixture(scope="module")
-def scratch_model():
-    """A second model that the loading tests overwrite (each test checks every weight it loads)."""
-    return build_deeplab(num_bands=5)
+def scratch_model(keras_model):
+    """A second model of the same encoder that the loading tests overwrite (each test checks every
+    weight it loads)."""
+    return build_deeplab(num_bands=5, encoder=keras_model.encoder)
 
 
 def _weights_by_path(model):
@@ -81,7 +83,7 @@ def _assert_logits_match(reference, other):
 
 
 def test_converted_state_dict_matches_module_names_and_shapes(keras_model, converted):
-    reference = solution.AttentionDeepLabV3Plus(in_channels=5).state_dict()
+    reference = solution.AttentionDeepLabV3Plus(in_channels=5, encoder=keras_model.encoder).state_dict()
     check_against(reference, converted)
     counters = [value for key, value in converted.items() if key.endswith(".num_batches_tracked")]
     assert len(counters) == sum(key.endswith(".running_var") for key in converted) > 0
@@ -90,7 +92,8 @@ def test_converted_state_dict_matches_module_names_and_shapes(keras_model, conve
     assert float_values == keras_model.count_params()  # no Keras weight left out
     assert model_config(keras_model) == {  # the model's own configuration, less the statistics (buffers)
         "num_bands": 5, "band_names": ["B1", "B2", "B3", "B4", "B5"], "task": "binary",
-        "class_names": ["background", "glacier"], "class_values": [0, 255], "aspp_rates": [6, 12, 18],
+        "class_names": ["background", "glacier"], "class_values": [0, 255], "encoder": keras_model.encoder,
+        "aspp_rates": [6, 12, 18],
         "reduction": 16, "dropout": 0.1, "output_stride": 16, "threshold": 0.5,
     }
 
@@ -106,7 +109,7 @@ def test_layouts_follow_the_spec(keras_model, converted):
     fc1 = keras_model.get_layer("aspp.b2.cbam.ca.fc1")
     assert converted["aspp.b2.cbam.ca.fc1.weight"].shape == (16, 256)
     assert converted["aspp.b2.cbam.ca.fc1.weight"][3, 100] == variable_value(fc1.kernel)[100, 3]
-    bn = backbone.get_layer("layer3.4.bn2")
+    bn = backbone.get_layer("layer3.1.bn2")
     for keras_name, torch_name in [
         ("gamma", "weight"),
         ("beta", "bias"),
@@ -114,7 +117,7 @@ def test_layouts_follow_the_spec(keras_model, converted):
         ("moving_variance", "running_var"),
     ]:
         expected = variable_value(getattr(bn, keras_name))
-        np.testing.assert_array_equal(converted[f"backbone.layer3.4.bn2.{torch_name}"], expected)
+        np.testing.assert_array_equal(converted[f"backbone.layer3.1.bn2.{torch_name}"], expected)
     for name, values in STATS.items():
         np.testing.assert_array_equal(converted[f"normalize.{name}"], np.float32(values))
 
@@ -222,16 +225,24 @@ def test_torch_to_keras_refuses_bad_state_dict_and_leaves_model_untouched(conver
     assert all(np.array_equal(before[name], after[name]) for name in before)
 
 
-# --- torchvision ResNet-34 ----------------------------------------------------------------------
+def test_both_sides_know_the_same_encoders():
+    """solution.py imports nothing from the package, so it keeps its own table: the two must agree."""
+    from keras_glacier.constants import DEFAULT_ENCODER, ENCODERS
+
+    assert solution.ENCODERS == ENCODERS
+    assert solution.CONFIG_DEFAULTS["encoder"] == DEFAULT_ENCODER
 
 
-def _torchvision_resnet34_state(seed: int) -> dict:
-    """Random tensors in torchvision's resnet34 layout: the twin's backbone names + RGB stem + fc."""
+# --- torchvision ResNet-18 / ResNet-34 ----------------------------------------------------------
+
+
+def _torchvision_state(seed: int, encoder: str) -> dict:
+    """Random tensors in torchvision's resnet18/34 layout: the twin's backbone names + RGB stem + fc."""
     generator = torch.Generator().manual_seed(seed)
     prefix = "backbone."
     shapes = {
         key[len(prefix) :]: value
-        for key, value in solution.AttentionDeepLabV3Plus(in_channels=5).state_dict().items()
+        for key, value in solution.AttentionDeepLabV3Plus(in_channels=5, encoder=encoder).state_dict().items()
         if key.startswith(prefix)
     }
     state = {}
@@ -246,13 +257,13 @@ def _torchvision_resnet34_state(seed: int) -> dict:
     return state
 
 
-def test_torchvision_resnet34_loads_into_backbone_with_adapted_stem(scratch_model, tmp_path):
-    state = _torchvision_resnet34_state(seed=1)
-    path = tmp_path / "resnet34.pth"
+def test_torchvision_resnet_loads_into_backbone_with_adapted_stem(scratch_model, tmp_path):
+    state = _torchvision_state(seed=1, encoder=scratch_model.encoder)
+    path = tmp_path / f"{scratch_model.encoder}.pth"
     torch.save(state, path)
     head_before = variable_value(scratch_model.get_layer("head").kernel)
 
-    used = load_torchvision_resnet34(path, scratch_model)
+    used = load_torchvision_resnet(path, scratch_model)
 
     assert used == {key for key in state if not key.startswith("fc.")}
     loaded = keras_to_torch_state_dict(scratch_model)
@@ -267,21 +278,33 @@ def test_torchvision_resnet34_loads_into_backbone_with_adapted_stem(scratch_mode
         np.testing.assert_array_equal(loaded[f"backbone.{key}"], value.numpy(), err_msg=key)
     np.testing.assert_array_equal(variable_value(scratch_model.get_layer("head").kernel), head_before)
     # The bare backbone model is accepted too (its layers then carry no "backbone." prefix).
-    assert load_torchvision_resnet34(path, scratch_model.get_layer("backbone")) == used
+    assert load_torchvision_resnet(path, scratch_model.get_layer("backbone")) == used
 
 
 def test_torchvision_loader_names_the_file_and_first_missing_key(scratch_model, tmp_path):
-    state = _torchvision_resnet34_state(seed=2)
-    del state["layer3.2.conv1.weight"]
+    state = _torchvision_state(seed=2, encoder=scratch_model.encoder)
+    del state["layer3.1.conv1.weight"]
     truncated = tmp_path / "truncated.pth"
     torch.save(state, truncated)
-    with pytest.raises(ConversionError, match=r"truncated\.pth: .*first missing key: 'layer3\.2\.conv1\.weight'"):
-        load_torchvision_resnet34(truncated, scratch_model)
+    with pytest.raises(ConversionError, match=r"truncated\.pth: .*first missing key: 'layer3\.1\.conv1\.weight'"):
+        load_torchvision_resnet(truncated, scratch_model)
 
     garbage = tmp_path / "notes.pth"
     garbage.write_text("not a checkpoint")
     with pytest.raises(ConversionError, match=r"notes\.pth: not a PyTorch state dict file"):
-        load_torchvision_resnet34(garbage, scratch_model)
+        load_torchvision_resnet(garbage, scratch_model)
 
     with pytest.raises(ConversionError, match=r"absent\.pth: no such file"):
-        load_torchvision_resnet34(tmp_path / "absent.pth", scratch_model)
+        load_torchvision_resnet(tmp_path / "absent.pth", scratch_model)
+
+
+def test_weights_of_the_other_encoder_are_refused_naming_both(scratch_model, tmp_path):
+    other = "resnet34" if scratch_model.encoder == "resnet18" else "resnet18"
+    path = tmp_path / f"{other}.pth"
+    torch.save(_torchvision_state(seed=3, encoder=other), path)
+    before = _weights_by_path(scratch_model)
+    with pytest.raises(ConversionError, match=rf"{other}\.pth: torchvision {other} weights, but the model's encoder "
+                                              rf"is {scratch_model.encoder} \(train with --encoder {other}"):
+        load_torchvision_resnet(path, scratch_model)
+    after = _weights_by_path(scratch_model)
+    assert all(np.array_equal(before[name], after[name]) for name in before)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from convert.export import ConversionInputError
-from convert.pretrained import IMAGENET_HASH_PREFIX, IMAGENET_URL, hub_checkpoint_path, resolve_pretrained
+from convert.pretrained import IMAGENET_WEIGHTS, hub_checkpoint_path, resolve_pretrained
 
 
 @pytest.fixture
@@ -31,8 +31,21 @@ def served(tmp_path):
 
 
 def test_defaults_are_torchvisions_published_weights():
-    assert IMAGENET_URL == "https://download.pytorch.org/models/resnet34-b627a593.pth"
-    assert IMAGENET_HASH_PREFIX == "b627a593"
+    assert IMAGENET_WEIGHTS == {
+        "resnet18": ("https://download.pytorch.org/models/resnet18-f37072fd.pth", "f37072fd"),
+        "resnet34": ("https://download.pytorch.org/models/resnet34-b627a593.pth", "b627a593"),
+    }
+
+
+@pytest.mark.parametrize("encoder", ["resnet18", "resnet34"])
+def test_imagenet_means_the_encoders_own_file_in_the_hub_cache(hub_dir, encoder):
+    """A cached file is found by the published file name of the model's encoder (nothing is downloaded)."""
+    for name in ("resnet18-f37072fd.pth", "resnet34-b627a593.pth"):
+        (hub_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        torch.save({"name": torch.tensor([ord(c) for c in name])}, hub_dir / "checkpoints" / name)
+    path = resolve_pretrained("imagenet", encoder)
+    assert path == hub_dir / "checkpoints" / IMAGENET_WEIGHTS[encoder][0].rsplit("/", 1)[1]
+    assert path.name.startswith(f"{encoder}-")
 
 
 def test_imagenet_is_downloaded_into_the_hub_cache_once_and_checked(hub_dir, served):

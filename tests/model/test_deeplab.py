@@ -15,7 +15,7 @@ from keras_glacier.model import (
     FastDepthwiseConv2D,
     GlacierDeepLab,
     build_deeplab,
-    build_resnet34_backbone,
+    build_resnet_backbone,
 )
 from tests.model.harness import assert_config_round_trip, assert_save_load, save_and_load
 
@@ -28,12 +28,16 @@ STATS = {
 }
 
 
-def expected_torch_paths() -> list[str]:
+#: BasicBlocks of layer1..layer4 in torchvision's ResNet-18 and ResNet-34 (written out, not imported).
+TORCHVISION_BLOCKS = {"resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3)}
+
+
+def expected_torch_paths(encoder: str = "resnet34") -> list[str]:
     """Every weighted module path of the PyTorch twin, written out from the README's architecture diagram."""
     paths = ["normalize", "backbone.conv1", "backbone.bn1"]
-    # (stage, blocks, block 0 has a downsample) of torchvision's ResNet-34
-    for stage, blocks, downsample in (("layer1", 3, False), ("layer2", 4, True), ("layer3", 6, True),
-                                      ("layer4", 3, True)):
+    # (stage, blocks, block 0 has a downsample) of torchvision's ResNet
+    for stage, blocks, downsample in zip(("layer1", "layer2", "layer3", "layer4"), TORCHVISION_BLOCKS[encoder],
+                                         (False, True, True, True)):
         for k in range(blocks):
             prefix = f"backbone.{stage}.{k}"
             paths += [f"{prefix}.conv1", f"{prefix}.bn1", f"{prefix}.conv2", f"{prefix}.bn2"]
@@ -115,13 +119,14 @@ def test_weighted_layers_are_named_as_the_torch_modules(model):
     assert model.get_layer("head").bias.shape == (1,)
 
 
-def test_backbone_geometry():
-    backbone = build_resnet34_backbone(5)
+@pytest.mark.parametrize("encoder", ["resnet18", "resnet34"])
+def test_backbone_geometry(encoder):
+    backbone = build_resnet_backbone(5, encoder)
     assert backbone.name == "backbone"
     assert backbone.get_layer("layer2.0.conv1").strides == (2, 2)
     assert backbone.get_layer("layer2.0.downsample.0").strides == (2, 2)
     assert backbone.get_layer("layer4.0.downsample.0").strides == (1, 1)
-    for k in range(3):
+    for k in range(TORCHVISION_BLOCKS[encoder][3]):
         for conv in ("conv1", "conv2"):
             layer = backbone.get_layer(f"layer4.{k}.{conv}")
             assert layer.dilation_rate == (2, 2) and layer.strides == (1, 1)
@@ -133,6 +138,18 @@ def test_backbone_geometry():
     low, high = backbone(np.zeros((1, 64, 96, 5), "float32"))
     assert tuple(low.shape) == (1, 16, 24, 64)
     assert tuple(high.shape) == (1, 4, 6, 512)
+
+
+@pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning")
+def test_resnet18_model_has_the_resnet18_layers_and_keeps_its_encoder_through_a_file(tmp_path):
+    small = build_deeplab(5, stats=STATS, encoder="resnet18")
+    assert sorted(weighted_layer_paths(small)) == sorted(expected_torch_paths("resnet18"))
+    assert small.get_config()["encoder"] == "resnet18"
+    assert 15_000_000 < small.count_params() < 16_000_000  # ResNet-34 has 10.2M more, in layer1-layer4
+    loaded = save_and_load(small, tmp_path / "small.keras")
+    assert loaded.get_config()["encoder"] == "resnet18"
+    x = raw_bands((1, 32, 32, 5), seed=7)
+    np.testing.assert_array_equal(np.asarray(loaded(x, training=False)), np.asarray(small(x, training=False)))
 
 
 def test_size_of_the_network(model):
@@ -171,6 +188,7 @@ def test_config_is_exactly_the_constructor_arguments(model):
         "task": "binary",
         "class_names": ["background", "glacier"],
         "class_values": [0, 255],
+        "encoder": "resnet34",
         "aspp_rates": [6, 12, 18],
         "reduction": 16,
         "dropout": 0.1,
@@ -218,6 +236,7 @@ def test_multiclass_model_has_one_logit_per_class():
         ({"class_values": [0, 256]}, "integers in 0..255"),
         ({"threshold": 1.0}, "threshold must be a probability"),
         ({"num_bands": 0}, "num_bands must be positive"),
+        ({"encoder": "resnet50"}, "encoder must be one of resnet18, resnet34, got 'resnet50'"),
     ],
 )
 def test_bad_configuration_is_refused(arguments, message):

@@ -55,6 +55,18 @@ def test_model_pth_carries_the_configuration_and_loads_weights_only(tmp_path):
     assert loaded.aspp.dropout.p == 0.2 and loaded.num_outputs == 1
 
 
+def test_a_resnet18_model_pth_builds_two_blocks_a_stage_and_older_files_mean_resnet34(tmp_path):
+    model = make_test_model(config={**BINARY, "encoder": "resnet18"}, seed=4)
+    assert [len(getattr(model.backbone, f"layer{i}")) for i in (1, 2, 3, 4)] == [2, 2, 2, 2]
+    loaded = load_model(save_model_pth(model, tmp_path / "small.pth"), "cpu")
+    assert loaded.config["encoder"] == "resnet18" and len(loaded.backbone.layer3) == 2
+    x = torch.from_numpy(scene(32, 32, seed=2).transpose(2, 0, 1)[None].copy())
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+    older = load_model(save_model_pth(make_test_model(), tmp_path / "older.pth", dict(BINARY)), "cpu")
+    assert older.config["encoder"] == "resnet34" and len(older.backbone.layer3) == 6
+
+
 def test_bare_state_dict_of_earlier_versions_is_a_binary_model(tmp_path):
     model = make_test_model(in_channels=4)
     loaded = load_model(save_weights(model, tmp_path / "bare.pth"), "cpu")
@@ -88,6 +100,8 @@ def test_three_class_config_builds_a_three_logit_head(tmp_path, three_class):
         ({"threshold": 1.5}, "threshold must be a number in"),
         ({"output_stride": 8}, "output_stride 8 is not supported"),
         ({"num_bands": 4}, "weights do not fit"),
+        ({"encoder": "resnet50"}, "encoder must be one of resnet18, resnet34, got 'resnet50'"),
+        ({"encoder": "resnet18"}, "weights do not fit"),  # a ResNet-34's weights under a ResNet-18 label
     ],
 )
 def test_bad_configurations_are_one_line_errors_naming_the_file(tmp_path, three_class, change, message):

@@ -72,7 +72,7 @@ def test_older_config_json_keeps_loading(tmp_path):
     ({"class_weights": "auto"}, "--class-weights"), ({"task": "multiclass", "threshold": 0.3}, "--threshold"),
     ({"aspp_rates": "2,4"}, "--aspp-rates"), ({"aspp_rates": "0,2,4"}, "--aspp-rates"),
     ({"aspp_rates": "two,4,6"}, "--aspp-rates"), ({"affine": 1.5}, "--affine"), ({"affine": -0.1}, "--affine"),
-    ({"affine": "often"}, "--affine"),
+    ({"affine": "often"}, "--affine"), ({"encoder": "resnet50"}, "--encoder"),
 ])
 def test_bad_values_are_usage_errors_naming_the_flag(changes, flag):
     with pytest.raises(UsageError, match=flag):
@@ -90,6 +90,15 @@ def test_affine_takes_auto_or_a_probability_and_older_runs_had_none():
     # A run saved before the option turned its crops by quarter turns only, and resumes that way.
     assert TrainConfig.from_dict({"epochs": 3}).affine == 0.0
     assert TrainConfig.from_dict(TrainConfig().to_dict()).affine == "auto"
+
+
+def test_encoder_is_auto_or_a_name_and_older_runs_had_resnet34():
+    assert TrainConfig().encoder == "auto"
+    assert config_from_args(build_parser().parse_args(["--encoder", "resnet18"])).encoder == "resnet18"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--encoder", "resnet50"])
+    assert TrainConfig.from_dict({"epochs": 3}).encoder == "resnet34"
+    assert TrainConfig.from_dict(TrainConfig().to_dict()).encoder == "auto"
 
 
 def test_a_broken_saved_config_names_its_file(tmp_path):

@@ -10,10 +10,12 @@ from keras_glacier.data.sampling import (
     MIN_STEPS,
     area_weights,
     auto_affine,
+    auto_encoder,
     covering_crops,
     crops_per_tile,
     default_samples_per_epoch,
     epoch_draws,
+    min_steps,
 )
 
 
@@ -38,6 +40,17 @@ def test_free_rotation_is_on_for_fewer_tiles_than_a_default_epoch_draws():
     assert auto_affine(MIN_STEPS * 4 - 1, 4) == AFFINE_PROBABILITY
     assert auto_affine(MIN_STEPS * 4, 4) == 0.0 and auto_affine(51, 4) == 0.0  # the demo's ~51: unchanged
     assert auto_affine(31, 2) == 0.0 and auto_affine(15, 2) == AFFINE_PROBABILITY  # the bound follows the batch
+
+
+def test_resnet18_is_the_encoder_of_a_small_dataset_and_doubles_the_step_floor():
+    assert auto_encoder(9, 4) == "resnet18" and auto_encoder(25, 4) == "resnet18"  # everest-west, GlacierHack
+    assert auto_encoder(MIN_STEPS * 4 - 1, 4) == "resnet18"
+    assert auto_encoder(MIN_STEPS * 4, 4) == "resnet34" and auto_encoder(1000, 4) == "resnet34"  # demo, HKH
+    assert min_steps("resnet34") == MIN_STEPS and min_steps("resnet18") == 2 * MIN_STEPS
+    assert default_samples_per_epoch([(160, 160)] * 9, 256, 4, "resnet18") == 2 * MIN_STEPS * 4
+    assert default_samples_per_epoch([(160, 160)] * 9, 256, 4) == MIN_STEPS * 4
+    # Large datasets draw one crop per tile whatever the encoder.
+    assert default_samples_per_epoch([(512, 512)] * 1000, 512, 4, "resnet18") == 1000
 
 
 def test_counts_follow_tile_area_within_one():
