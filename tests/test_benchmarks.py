@@ -73,9 +73,12 @@ def test_settings_parser_and_table_writer():
 
 def test_same_process_timing_runs_every_contender():
     """The in-process alternative to the isolated default (the quick run above covers the isolated path)."""
-    rows = train_step.run(((2, 32),), steps=1, warmup=0, flops=False, isolate=False)
+    rows = train_step.run(((2, 32),), steps=1, warmup=0, flops=False, isolate=False, encoder="resnet18")
     (row,) = rows
-    assert row["timing"] == "alternating in one process"
+    assert row["timing"] == "alternating in one process" and row["encoder"] == "resnet18"
+    assert train_step.build_keras_trainer(metrics=False, encoder="resnet18").get_config()["encoder"] == "resnet18"
+    torch_model, _ = train_step.build_torch_trainer(False, train_step.torch_device(), "resnet18")
+    assert len(torch_model.backbone.layer3) == 2
     for column in ("keras_s", "torch_nchw_s", "torch_channels_last_s", "keras/torch_nchw", "page_faults_keras/torch"):
         assert column in row
     assert row["keras_s"] > 0 and row["torch_nchw_s"] > 0
