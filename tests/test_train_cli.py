@@ -303,7 +303,7 @@ def test_encoder_auto_gives_a_small_dataset_resnet18_everywhere_the_model_goes(f
     assert sum(name.startswith("layer3.") and name.endswith(".conv1")
                for name in (layer.name for layer in saved.get_layer("backbone").layers)) == 2
     assert torch.load(run_dir / "model.pth", weights_only=True)["config"]["encoder"] == "resnet18"
-    # The default epoch of a small dataset is the ResNet-18 floor: twice the ResNet-34 steps, the same time.
+    # The default epoch of a small dataset is the ResNet-18 floor: twice the ResNet-34 steps.
     default_epoch = dataclasses.replace(result.config, samples_per_epoch=None)
     train_seq, _ = fit.make_datasets(default_epoch, run_dir, train_tiles, val, stats, bands)
     assert len(train_seq) == min_steps("resnet18") == 2 * min_steps("resnet34")

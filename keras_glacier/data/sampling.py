@@ -23,10 +23,10 @@ number of crops that tile the training area once (``sum ceil(h/crop) * ceil(w/cr
   per epoch, so patience, warm-up and the cosine schedule count in useful units. The cap keeps the
   default 40-epoch budget within a CPU run of minutes rather than hours on large scenes;
 - at least ``MIN_STEPS`` steps, so a toy dataset still takes a few steps between validations
-  (each validation pass costs about as much as several training steps). The floor is a time: a
-  ResNet-18 step costs about half a ResNet-34 step (benchmarks/PERFORMANCE.md), so with ResNet-18
-  it is twice as many steps (:func:`min_steps`), and an epoch of a small dataset takes about as long
-  with either encoder.
+  (each validation pass costs about as much as several training steps). With ResNet-18 the floor
+  is twice as many steps (:func:`min_steps`): its step costs two thirds of a ResNet-34 step
+  (benchmarks/PERFORMANCE.md), so a small dataset's epoch gets twice the steps for about 1.3 times
+  the time, which is how the small-data recipe was measured (benchmarks/RESULTS.md).
 
 Small datasets, fewer training tiles than ``MIN_STEPS * batch`` (:func:`small_dataset`: everest-west's
 9, GlacierHack phase 1's 25), are where the floor decides the epoch; ``--affine auto`` and
@@ -43,10 +43,10 @@ import numpy as np
 
 from keras_glacier.constants import AFFINE_PROBABILITY, DEFAULT_ENCODER
 
-#: Fewest optimiser steps in a default epoch (of ResNet-34 steps; see :func:`min_steps`).
+#: Fewest optimiser steps in a default epoch with ResNet-34 (see :func:`min_steps` for ResNet-18).
 MIN_STEPS = 8
-#: How many ResNet-18 steps cost what one ResNet-34 step does (benchmarks/PERFORMANCE.md).
-RESNET18_STEPS_PER_RESNET34_STEP = 2
+#: The ResNet-18 floor, in multiples of MIN_STEPS (module docstring).
+RESNET18_FLOOR_FACTOR = 2
 #: Most steps a default epoch spends covering the training area once.
 MAX_COVER_STEPS = 64
 
@@ -78,8 +78,8 @@ def covering_crops(shapes: Sequence[tuple[int, int]], crop: int | None) -> int:
 
 
 def min_steps(encoder: str = DEFAULT_ENCODER) -> int:
-    """Fewest optimiser steps of a default epoch with ``encoder``: the same time for either encoder."""
-    return MIN_STEPS * (RESNET18_STEPS_PER_RESNET34_STEP if encoder == "resnet18" else 1)
+    """Fewest optimiser steps of a default epoch with ``encoder``: 8, or 16 with the lighter ResNet-18."""
+    return MIN_STEPS * (RESNET18_FLOOR_FACTOR if encoder == "resnet18" else 1)
 
 
 def default_samples_per_epoch(shapes: Sequence[tuple[int, int]], crop: int | None, batch_size: int,
@@ -110,7 +110,7 @@ def auto_encoder(num_tiles: int, batch_size: int) -> str:
 
     A small dataset's runs end underfitted (on everest-west the ResNet-34 runs end with a training MCC
     of 0.65-0.80 after 200-320 steps), so steps matter more there than capacity: ResNet-18 takes twice
-    the steps in about the same time (:func:`min_steps`), and on everest-west it raised the mean MCC of
+    the steps for about 1.3 times the time (:func:`min_steps`), and on everest-west it raised the mean MCC of
     single runs from 0.567 to 0.574 and of two-seed ensembles from 0.581 to 0.606 (benchmarks/RESULTS.md).
     Larger datasets (the demo, HKH) keep the ResNet-34 their figures were measured with.
     """

@@ -91,10 +91,11 @@ class TrainConfig:
         "ramped up over the first steps, see keras_glacier.training.optimizer); 0 = the raw weights",
         metavar="MOMENTUM")
     encoder: str = _setting(
-        AUTO, "the ResNet encoder: resnet18 (about half the compute of a step, so twice the steps in the same "
-        "time) or resnet34; auto = resnet18 with fewer training tiles than a default epoch's least number of "
-        "crops (batch x 8, as for --affine auto: everest-west's 9, GlacierHack's 25), else resnet34 (see "
-        "keras_glacier.data.sampling.auto_encoder); stored in the model and model.pth",
+        AUTO, "the ResNet encoder: resnet18 (a step costs two thirds of a resnet34 step; small datasets get "
+        "twice the steps per epoch with it) or resnet34; auto = resnet18 with fewer training tiles than a "
+        "default epoch's least number of crops (batch x 8, as for --affine auto: everest-west's 9, "
+        "GlacierHack's 25), else resnet34 (see keras_glacier.data.sampling.auto_encoder); stored in the model "
+        "and model.pth",
         choices=ENCODER_CHOICES)
     aspp_rates: str = _setting(
         ",".join(map(str, ASPP_RATES)), "dilation rates of the ASPP's three 3x3 branches (comma-separated, "
