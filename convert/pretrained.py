@@ -2,9 +2,9 @@
 
 ``--pretrained FILE`` names the file; ``--pretrained imagenet`` (:func:`resolve_pretrained`) finds
 torchvision's ImageNet weights of the model's encoder in the torch hub cache, downloading them there
-(checked against the published hash, as torchvision does) where there is internet. The 3-channel RGB stem is spread over
-the model's N input bands so that a band-stacked input of RGB-like statistics produces the same stem
-activations in expectation as RGB did.
+(checked against the published hash, as torchvision does) where there is internet. The 3-channel RGB
+stem is spread over the model's N input bands so that a band-stacked input of RGB-like statistics
+produces the same stem activations in expectation as RGB did.
 """
 
 from __future__ import annotations
@@ -164,8 +164,8 @@ def load_torchvision_resnet(path: str | Path, keras_model: keras.Model) -> set[s
     path = Path(path)
     state = _read_state_dict(path)
     prefix_map = _backbone_prefix_map(keras_model)
-    names = [layer_path for layer_path, _ in iter_weighted_layers(keras_model)]
-    model_encoder = encoder_name(blocks_per_stage(n.removeprefix("backbone.") for n in names))
+    layers = list(iter_weighted_layers(keras_model))
+    model_encoder = encoder_name(blocks_per_stage(path.removeprefix("backbone.") for path, _ in layers))
     file_encoder = encoder_name(blocks_per_stage(state))
     if STEM_KEY in state and file_encoder != model_encoder and file_encoder in ENCODERS:
         raise ConversionError(
@@ -173,7 +173,7 @@ def load_torchvision_resnet(path: str | Path, keras_model: keras.Model) -> set[s
             f"(train with --encoder {file_encoder}, or give {model_encoder} weights)"
         )
     expected = []
-    for layer_path, layer in iter_weighted_layers(keras_model):
+    for layer_path, layer in layers:
         if prefix_map is None or layer_path.startswith("backbone."):
             name = layer_path[len("backbone.") :] if prefix_map else layer_path
             _, rules = layer_kind(layer)
