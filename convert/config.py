@@ -80,22 +80,3 @@ def model_config(model: keras.Model, run_config: dict | None = None) -> dict:
     if isinstance(names, list) and len(names) == in_channels:
         config["band_names"] = [str(name) for name in names]
     return config
-
-
-#: Keys on which the members of an ensemble must agree: they average probabilities of the same
-#: classes computed from the same bands.
-AGREEMENT_KEYS = ("num_bands", "band_names", "task", "class_names", "class_values")
-
-
-def members_disagreement(names: list[str], configs: list[dict]) -> str | None:
-    """Why the runs ``names`` (with these configurations) cannot form one ensemble, or None."""
-    for key in AGREEMENT_KEYS:
-        values = [config.get(key) for config in configs]
-        if key == "band_names" and any(value is None for value in values):
-            continue  # an older model names no bands
-        if any(value != values[0] for value in values[1:]):
-            shown = "; ".join(f"{name}: {value}" for name, value in zip(names, values))
-            return f"the runs disagree on {key} and cannot form one ensemble ({shown})"
-    return None
-
-

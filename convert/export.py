@@ -17,7 +17,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from convert.config import BINARY_CLASSES, members_disagreement, model_config
+from convert.config import BINARY_CLASSES, model_config
 from convert.name_map import (
     ConversionError,
     check_against,
@@ -28,6 +28,7 @@ from convert.name_map import (
 from keras_glacier.constants import DEFAULT_ENCODER
 from keras_glacier.errors import InputError
 from keras_glacier.fileio import atomic_write
+from keras_glacier.model.ensemble import members_disagreement
 
 #: The competition's upper bound on the weights file.
 MAX_BYTES = 200_000_000
@@ -268,6 +269,21 @@ def _run_config(source) -> dict:
     return config if isinstance(config, dict) else {}
 
 
+def _networks(models: list, names: list[str], sources: list) -> list[tuple]:
+    """(network, name, run config, threshold or None) per network to pack: an ensemble model
+    (``train --members``) gives its members, each with the ensemble's decision threshold."""
+    from keras_glacier.model import GlacierEnsemble
+
+    networks = []
+    for model, name, source in zip(models, names, sources):
+        if isinstance(model, GlacierEnsemble):
+            networks += [(member, f"{name} member {i + 1}", {}, model.threshold)
+                         for i, member in enumerate(model.members)]
+        else:
+            networks.append((model, name, _run_config(source), None))
+    return networks
+
+
 def _source_name(source) -> str:
     return f"model '{source.name}'" if isinstance(source, keras.Model) else str(source)
 
@@ -299,15 +315,20 @@ def convert_models(
     """
     if not sources:
         raise ConversionInputError("no model to convert")
-    models = [source if isinstance(source, keras.Model) else load_keras_model(source) for source in sources]
-    names = [_source_name(source) for source in sources]
+    keras_models = [source if isinstance(source, keras.Model) else load_keras_model(source) for source in sources]
+    networks = _networks(keras_models, [_source_name(source) for source in sources], sources)
+    models = [network[0] for network in networks]
+    names = [network[1] for network in networks]
     out_path = Path(out_path)
     if out_path.is_dir():
         raise ConversionInputError(f"{out_path}: is a folder; give the output file name (e.g. model.pth)")
     if not out_path.parent.is_dir():
         raise ConversionInputError(f"{out_path.parent}: output folder does not exist")
 
-    configs = [model_config(model, _run_config(source)) for model, source in zip(models, sources)]
+    configs = [model_config(model, run_config) for model, _, run_config, _ in networks]
+    for config, (_, _, _, threshold) in zip(configs, networks):
+        if threshold is not None:
+            config["threshold"] = threshold  # solution.py's ensemble thresholds its members' mean threshold
     if len(models) > 1:
         _check_members_agree(names, configs)
     modules = [build_torch_module(config) for config in configs]

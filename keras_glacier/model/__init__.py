@@ -3,6 +3,7 @@
 from keras_glacier.model.aspp import aspp
 from keras_glacier.model.attention import cbam
 from keras_glacier.model.deeplab import CONFIG_KEYS, GlacierDeepLab, build_deeplab, default_stats
+from keras_glacier.model.ensemble import GlacierEnsemble, MeanProbability
 from keras_glacier.model.layers import (
     BandNormalization,
     ChannelMaxMean,
@@ -22,6 +23,8 @@ __all__ = [
     "FastDepthwiseConv2D",
     "FastMaxPooling2D",
     "GlacierDeepLab",
+    "GlacierEnsemble",
+    "MeanProbability",
     "SpatialBroadcast",
     "aspp",
     "build_deeplab",

@@ -115,6 +115,11 @@ class TrainConfig:
     folds: int = _setting(
         1, "train K scene-wise folds into RUN_DIR/fold-1 .. fold-K, each validating on its own scenes (1: one "
         "split by --val-fraction)", metavar="K")
+    members: int = _setting(
+        1, "train N networks on the same split that differ only in their seed (--seed, --seed + 1, ...) into "
+        "RUN_DIR/member-1 .. member-N and keep their ensemble: RUN_DIR/model.keras averages their probabilities "
+        "(its decision threshold chosen on the averaged validation probabilities) and model.pth packs all N, "
+        "which solution.py averages; costs N runs' time", metavar="N")
     val_scenes: str | None = _setting(
         None, "validate on exactly these scenes (comma-separated scene ids, e.g. 03 or slice_2,slice_5; band-folder "
         "tile 02_07 is scene 02) instead of a random --val-fraction split", metavar="IDS")
@@ -170,7 +175,7 @@ class TrainConfig:
     # ----------------------------------------------------------------------------------- checks
     def check(self) -> None:
         """Raise UsageError for a value no run could use (files are checked by :meth:`check_paths`)."""
-        positive = ("epochs", "batch_size", "patience", "workers", "demo_tiles", "demo_size", "folds")
+        positive = ("epochs", "batch_size", "patience", "workers", "demo_tiles", "demo_size", "folds", "members")
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -189,6 +194,9 @@ class TrainConfig:
                 raise UsageError(f"--val-scenes needs comma-separated scene ids, got {self.val_scenes!r}")
             if self.folds > 1:
                 raise UsageError("--val-scenes fixes one validation split; it cannot be combined with --folds")
+        if self.folds > 1 and self.members > 1:
+            raise UsageError("--members trains its networks on one split and --folds on several; give one of them "
+                             "(or pack the folds' runs with python -m convert RUN_A RUN_B ...)")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise UsageError(f"--lr must be positive, got {self.lr}")
         if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):

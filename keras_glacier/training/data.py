@@ -27,8 +27,14 @@ def resolve_bands(source, spec: str) -> tuple[tuple[int, ...], list[str]]:
     return tuple(int(i) for i in selection.indices), list(selection.names)
 
 
-def prepare_data(config: TrainConfig, run_dir: Path, resume: bool, fold: tuple[int, int] | None = None):
+def prepare_data(config: TrainConfig, run_dir: Path, resume: bool, fold: tuple[int, int] | None = None,
+                 member: tuple[int, int] | None = None):
     """Find the samples, split them by scene, and compute (or on resume reload) the statistics.
+
+    ``fold`` (index, count) and ``member`` (index, the ensemble's seed) name one part of a run of
+    several (``--folds``, ``--members``): its demo data is the parent run's, and an ensemble's
+    members split the scenes (and make the demo data) with the ensemble's seed, not their own, so
+    every member holds out the same validation tiles.
 
     With several processes every process computes the same split and statistics (both are
     deterministic from the files and the seed) and only process 0 writes split.json and stats.json;
@@ -43,11 +49,13 @@ def prepare_data(config: TrainConfig, run_dir: Path, resume: bool, fold: tuple[i
     from keras_glacier.training import parallel
 
     chief = parallel.is_chief()
+    split_seed = config.seed if member is None else member[1]
     if config.data is None:
-        demo_dir = (run_dir if fold is None else run_dir.parent) / "demo_data"
+        demo_dir = (run_dir if fold is None and member is None else run_dir.parent) / "demo_data"
         tiles_per_scene = 4
         scenes = max(2, -(-config.demo_tiles // tiles_per_scene))
-        if chief and not resume and fold in (None, (0, config.folds)):  # a previous run may have used other settings
+        first_part = (fold is None or fold[0] == 0) and (member is None or member[0] == 0)
+        if chief and not resume and first_part:  # a previous run may have used other settings
             shutil.rmtree(demo_dir, ignore_errors=True)
         if not chief:
             parallel.barrier("demo data written")
@@ -56,10 +64,10 @@ def prepare_data(config: TrainConfig, run_dir: Path, resume: bool, fold: tuple[i
             # no lake channel, so the multi-class demo is written as GlacierHack band folders.
             if not (demo_dir / "label").is_dir():
                 make_demo_band_folders(demo_dir, tiles=scenes * tiles_per_scene, size=config.demo_size,
-                                       seed=config.seed, scenes=scenes, task="multiclass")
+                                       seed=split_seed, scenes=scenes, task="multiclass")
         elif not any(demo_dir.glob("slice_*_mask_*.npy")):
             make_demo_dataset(demo_dir, scenes=scenes, tiles_per_scene=tiles_per_scene, size=config.demo_size,
-                              seed=config.seed)
+                              seed=split_seed)
         if chief:
             parallel.barrier("demo data written")
         root = demo_dir
@@ -77,15 +85,15 @@ def prepare_data(config: TrainConfig, run_dir: Path, resume: bool, fold: tuple[i
         if fold is None and config.val_scenes is not None:
             train, val = chosen_split(source.samples, config.val_scenes, root)
         elif fold is None:
-            train, val = split_by_scene(source.samples, config.val_fraction, config.seed)
+            train, val = split_by_scene(source.samples, config.val_fraction, split_seed)
         else:
-            train, val = fold_split(source.samples, *fold, seed=config.seed)
+            train, val = fold_split(source.samples, *fold, seed=split_seed)
         if not val:
             raise InputError(f"{root}: only one scene ({train[0].scene_id}), so no scene is left for validation; "
                              "add scenes or tiles from other scenes")
         extra = {} if fold is None else {"fold": fold[0] + 1, "folds": fold[1]}
         if chief:
-            save_split(run_dir / "split.json", train, val, seed=config.seed, val_fraction=config.val_fraction,
+            save_split(run_dir / "split.json", train, val, seed=split_seed, val_fraction=config.val_fraction,
                        data=str(root), **extra)
         stats = compute_stats(train, bands, seed=config.seed, band_names=band_names)
         if chief:

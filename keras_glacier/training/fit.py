@@ -204,13 +204,18 @@ def train(config: TrainConfig | None = None, *, resume: bool = False, overwrite:
     run_dir = choose_run_dir(config, resume, overwrite)
     if resume:
         check_resumed_config(run_dir, config)
-    if config.folds == 1:
+    if config.folds == 1 and config.members == 1:
         return train_one(config, run_dir, resume, callbacks)
     if parallel.process_count() > 1:
-        raise UsageError(f"--folds {config.folds}: K-fold training runs in one process only; train each fold "
-                         "as its own multi-process run, or drop --folds")
+        flag = f"--folds {config.folds}" if config.folds > 1 else f"--members {config.members}"
+        raise UsageError(f"{flag}: a run of several networks trains in one process only; train each "
+                         "as its own multi-process run")
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / CONFIG_FILE, config.to_dict())  # first, so that an interrupted K-fold run resumes
+    write_json(run_dir / CONFIG_FILE, config.to_dict())  # first, so that an interrupted run of several resumes
+    if config.members > 1:
+        from keras_glacier.training.members import train_members
+
+        return train_members(config, run_dir, resume, callbacks)
     results = []
     for fold in range(config.folds):
         fold_dir = run_dir / f"fold-{fold + 1}"
@@ -224,8 +229,12 @@ def train(config: TrainConfig | None = None, *, resume: bool = False, overwrite:
 
 
 def train_one(config: TrainConfig, run_dir: Path, resume: bool, extra_callbacks: Sequence = (),
-              fold: tuple[int, int] | None = None) -> RunResult:
-    """One run (one fold) into ``run_dir``. Every process runs it; only process 0 writes files."""
+              fold: tuple[int, int] | None = None, member: tuple[int, int] | None = None) -> RunResult:
+    """One run (one fold, one member) into ``run_dir``. Every process runs it; only process 0 writes files.
+
+    ``fold`` and ``member``: see :func:`keras_glacier.training.data.prepare_data`; a member's
+    ``config`` is already its own (its seed, ``out``), as :mod:`keras_glacier.training.members` makes it.
+    """
     import keras
 
     from keras_glacier.callbacks import FigureWriter
@@ -233,7 +242,7 @@ def train_one(config: TrainConfig, run_dir: Path, resume: bool, extra_callbacks:
     run_dir.mkdir(parents=True, exist_ok=True)
     devices, precision = set_up_devices(config)
     chief, processes = parallel.is_chief(), parallel.process_count()
-    source, bands, band_names, train_tiles, val, stats, summary = prepare_data(config, run_dir, resume, fold)
+    source, bands, band_names, train_tiles, val, stats, summary = prepare_data(config, run_dir, resume, fold, member)
     if processes > 1:
         parallel.check_same_tiles(train_tiles)
     # A fold's folder is a run of its own (its split.json holds the fold): resuming it trains that fold only.
@@ -252,7 +261,8 @@ def train_one(config: TrainConfig, run_dir: Path, resume: bool, extra_callbacks:
                         samples_per_epoch=train_seq.samples_per_epoch, steps_per_epoch=len(train_seq), encoder=encoder,
                         keras_version=keras.__version__, backend=keras.backend.backend(),
                         **({} if processes == 1 else {"processes": processes}),
-                        **({} if fold is None else {"fold": fold[0] + 1, "folds": fold[1]}))
+                        **({} if fold is None else {"fold": fold[0] + 1, "folds": fold[1]}),
+                        **({} if member is None else {"member": member[0] + 1, "seed": config.seed}))
     tile = tuple(train_seq.load(0)[0].shape[:2])
     print(f"data: {source.kind} at {source.root}: {len(train_tiles)} training and {len(val)} validation tiles "
           f"({len({s.scene_id for s in train_tiles})} / {len({s.scene_id for s in val})} scenes), bands "
@@ -283,8 +293,8 @@ def train_one(config: TrainConfig, run_dir: Path, resume: bool, extra_callbacks:
 
 
 def finish_run(config: TrainConfig, run_dir: Path, model, val_seq, metrics: dict, val_tiles: int,
-               figures) -> RunResult:
-    """Process 0: the decision threshold, model.keras, metrics.json, the figures and the export."""
+               figures, what: str = "best epoch's model") -> RunResult:
+    """Process 0: the decision threshold, model.keras, metrics.json, the figures (None: none) and the export."""
     threshold = None
     if config.task == "binary":
         from keras_glacier.inference import keras_forward
@@ -297,9 +307,10 @@ def finish_run(config: TrainConfig, run_dir: Path, model, val_seq, metrics: dict
         write_run_facts(run_dir, threshold=threshold)
     save_keras_model(model, run_dir / "model.keras")
     write_json(run_dir / METRICS_FILE, metrics)
-    print_table(f"validation ({val_tiles} tiles, whole-set confusion matrix, best epoch's model)", metrics)
-    figures.set_model(model)
-    figures.write_predictions()
+    print_table(f"validation ({val_tiles} tiles, whole-set confusion matrix, {what})", metrics)
+    if figures is not None:
+        figures.set_model(model)
+        figures.write_predictions()
 
     result = RunResult(run_dir, config, metrics, model=run_dir / "model.keras", threshold=threshold)
     if config.export:

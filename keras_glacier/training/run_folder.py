@@ -32,7 +32,8 @@ class RunResult:
     numbers as that epoch's row of ``history.csv``), plus ``threshold`` and ``threshold_mcc`` (the
     binary decision threshold chosen for MCC on the validation tiles, and the MCC there).
     ``folds`` holds the result of each fold of a ``folds > 1`` run (then the other fields describe
-    the first fold's folder's parent and the mean metrics).
+    the first fold's folder's parent and the mean metrics); ``members`` each member's of a
+    ``members > 1`` run, whose other fields are the ensemble's.
     """
 
     run_dir: Path
@@ -43,6 +44,7 @@ class RunResult:
     threshold: float | None = None
     conversion: object | None = None  # convert.ConversionReport
     folds: list[RunResult] = field(default_factory=list)
+    members: list[RunResult] = field(default_factory=list)  # an ensemble's (``--members``), the others its own
 
 
 def choose_run_dir(config: TrainConfig, resume: bool, overwrite: bool) -> Path:
@@ -57,7 +59,7 @@ def choose_run_dir(config: TrainConfig, resume: bool, overwrite: bool) -> Path:
     if out is not None:
         existing = [name for name in RUN_FILES if (out / name).exists()] + (
             ["backup/"] if (out / "backup").exists() else []) + sorted(
-            f"{p.name}/" for p in out.glob("fold-*") if p.is_dir())
+            f"{p.name}/" for pattern in ("fold-*", "member-*") for p in out.glob(pattern) if p.is_dir())
         if existing and not overwrite:
             raise UsageError(f"--out {out} already holds a run ({', '.join(existing[:3])}); "
                              "use --resume to continue it, --overwrite to replace it, or another --out")
@@ -65,8 +67,8 @@ def choose_run_dir(config: TrainConfig, resume: bool, overwrite: bool) -> Path:
             for name in RUN_FILES:
                 (out / name).unlink(missing_ok=True)
             shutil.rmtree(out / "backup", ignore_errors=True)
-            for fold in out.glob("fold-*"):
-                shutil.rmtree(fold, ignore_errors=True)
+            for part in [*out.glob("fold-*"), *out.glob("member-*")]:
+                shutil.rmtree(part, ignore_errors=True)
         return out
     base = Path("runs") / (Path(config.data).resolve().name if config.data else "demo")
     candidate, n = base, 1

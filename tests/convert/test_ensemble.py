@@ -111,3 +111,32 @@ def test_a_member_that_fails_parity_is_named(runs, tmp_path, monkeypatch, capsys
     error = capsys.readouterr().err
     assert f"differ from Keras (member {runs[1] / 'model.keras'})" in error
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_ensemble_model_is_packed_as_its_members_with_the_ensembles_threshold(tmp_path, capsys):
+    """A ``train --members`` run folder holds a GlacierEnsemble: model.pth gets its members, each with
+    the threshold chosen for the ensemble, so solution.py thresholds the average where Keras does."""
+    from keras_glacier.model import GlacierEnsemble
+
+    nets = []
+    for seed in (31, 32):
+        net = build_deeplab(num_bands=3, band_names=BANDS, stats=STATS, encoder="resnet18", threshold=0.3)
+        randomize_weights(net, seed=seed)
+        nets.append(net)
+    run = _save(GlacierEnsemble(nets, threshold=0.62), tmp_path / "members")
+    out = tmp_path / "model.pth"
+    assert main([str(run), "-o", str(out)]) == 0
+    assert "an ensemble of 2 networks" in capsys.readouterr().out
+
+    content = torch.load(out, map_location="cpu", weights_only=True)
+    assert content["format"] == "keras-glacier-ensemble/1"
+    assert [m["config"]["threshold"] for m in content["members"]] == [0.62, 0.62]
+    assert [m["config"]["encoder"] for m in content["members"]] == ["resnet18", "resnet18"]
+    ensemble = solution.load_model(out, "cpu")
+    assert ensemble.config["threshold"] == pytest.approx(0.62)
+    keras_model = load_keras_model(run)
+    batch = probe_batch(keras_model.members[0], (1, 64, 64), seed=4)
+    expected = 1 / (1 + np.exp(-keras_logits(keras_model, batch)))  # the Keras ensemble's mean probability
+    with torch.no_grad():
+        mean = ensemble.probabilities(torch.from_numpy(batch.transpose(0, 3, 1, 2).copy())).numpy()
+    np.testing.assert_allclose(mean.transpose(0, 2, 3, 1), expected, atol=1e-4)
