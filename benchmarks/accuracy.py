@@ -181,9 +181,19 @@ def write_section(path: str | Path, label: str, body: str) -> None:
 
 # ----------------------------------------------------------------------------------- training
 def history_facts(run_dir: Path) -> tuple[int | str, int | str]:
-    """(epochs run, best epoch by validation MCC, 1-based) from the run's history.csv."""
-    from keras_glacier.callbacks import read_history
+    """(epochs run, best epoch by validation MCC, 1-based) from the run's history.csv.
 
+    A ``--members`` run has no history of its own: its members' facts are joined with "+" in member
+    order ("27+31"), so the table still shows how long each network trained.
+    """
+    from keras_glacier.callbacks import read_history
+    from keras_glacier.training.members import member_dir
+
+    members = []
+    while member_dir(run_dir, len(members)).is_dir():
+        members.append(history_facts(member_dir(run_dir, len(members))))
+    if members:
+        return tuple("+".join(str(facts[i]) for facts in members) for i in (0, 1))
     history = read_history(run_dir / "history.csv") or {}
     mcc = [v if v == v else -1.0 for v in history.get("val_mcc", [])]
     return (len(mcc), int(np.argmax(mcc)) + 1) if mcc else ("", "")

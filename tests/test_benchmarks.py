@@ -151,3 +151,18 @@ def test_rewriting_the_report_keeps_the_accuracy_section(tmp_path):
     out.write_text(f"# old\n\n## Machine\n\nm\n\n{section}\n## Data loader\n\nx\n")
     assert run_all.kept_sections(out) == "\n" + section
     assert accuracy.SECTION in run_all.KEPT_SECTIONS
+
+
+def test_accuracy_history_facts_of_a_run_and_of_a_members_run(tmp_path):
+    def history(folder: Path, val_mcc: list[str]) -> Path:
+        folder.mkdir(parents=True)
+        rows = [f"{epoch},0.5,{mcc}" for epoch, mcc in enumerate(val_mcc)]
+        (folder / "history.csv").write_text("\n".join(["epoch,loss,val_mcc", *rows]) + "\n")
+        return folder
+
+    single = history(tmp_path / "single", ["0.2", "0.6", "nan", "0.5"])
+    assert accuracy.history_facts(single) == (4, 2)
+    assert accuracy.history_facts(tmp_path / "never-trained") == ("", "")
+    history(tmp_path / "pair" / "member-1", ["0.1", "0.3", "0.2"])
+    history(tmp_path / "pair" / "member-2", ["0.4", "0.1"])
+    assert accuracy.history_facts(tmp_path / "pair") == ("3+2", "2+1")
