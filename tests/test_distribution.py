@@ -292,3 +292,16 @@ def test_local_copy_keeps_a_model_subclass_and_its_config():
     copy = local_copy(model)
     assert type(copy) is Tagged and copy.tag == 0.25 and copy is not model
     assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), copy.get_weights()))
+
+
+def test_a_process_past_its_deadline_is_killed_and_its_stack_shown(tmp_path):
+    """A multi-process test that hangs must say where: the process gets SIGABRT first, so its log (and
+    the failure message) end with faulthandler's traceback, then its whole group is killed."""
+    log = tmp_path / "log.txt"
+    script = "import time\n\ndef waits_for_a_peer():\n    time.sleep(600)\n\nwaits_for_a_peer()\n"
+    proc = subprocess.Popen([sys.executable, "-c", script], env=worker_env(1), stdout=log.open("w"),
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    started = time.monotonic()
+    with pytest.raises(pytest.fail.Exception, match=r"(?s)log.txt exited with -\d+:.*in waits_for_a_peer"):
+        wait_all([proc], [log], 3)
+    assert proc.returncode is not None and time.monotonic() - started < 60

@@ -7,6 +7,7 @@ that a hung or failed job is killed with everything it started.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -30,7 +31,7 @@ def worker_env(devices: int) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KERAS_DISTRIBUTION_", "SLURM_", "JAX_"))}
     env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", KERAS_BACKEND="jax",
                JAX_PLATFORMS="cpu", JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo", PYTHONPATH=str(ROOT),
-               OMP_NUM_THREADS="1")
+               OMP_NUM_THREADS="1", PYTHONFAULTHANDLER="1")
     return env
 
 
@@ -42,7 +43,9 @@ def start_module(module: str, args: list[str], devices: int, log: Path, cwd: Pat
 
 def wait_all(procs: list[subprocess.Popen], logs: list[Path], timeout_s: float, expect: int | None = 0) -> None:
     """Waits for every process; on a timeout or a failure kills them all (their whole process groups).
-    Fails the test when a process timed out or (with ``expect``) exited with another status."""
+    Fails the test when a process timed out or (with ``expect``) exited with another status. A process
+    still running at the deadline is first sent SIGABRT, so that its log ends with where each of its
+    threads was (faulthandler), which a rare hang in a collective can then be told from."""
     deadline = time.monotonic() + timeout_s
     try:
         for proc in procs:
@@ -50,12 +53,17 @@ def wait_all(procs: list[subprocess.Popen], logs: list[Path], timeout_s: float, 
     except subprocess.TimeoutExpired:
         pass
     finally:
-        for proc in procs:
-            if proc.poll() is None:
+        hung = [proc for proc in procs if proc.poll() is None]
+        for proc in hung:  # first the Python stacks of every thread into the log (PYTHONFAULTHANDLER)
+            os.kill(proc.pid, signal.SIGABRT)
+        for proc in hung:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=5)
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            proc.wait()
     failed = [(log, proc.returncode) for proc, log in zip(procs, logs)
               if proc.returncode < 0 or (expect is not None and proc.returncode != expect)]
     if failed:
         log, code = failed[0]
-        pytest.fail(f"{log.name} exited with {code}:\n{log.read_text()[-3000:]}")
+        pytest.fail(f"{log.name} exited with {code}:\n{log.read_text()[-8000:]}")
