@@ -1,15 +1,26 @@
 """``python -m benchmarks.accuracy``: the training recipe's accuracy on real imagery, fold by fold.
 
 On the everest-west development set (12 real Landsat 7 tiles in 4 rows, see its README) each fold
-holds out one row of tiles (a row is a scene, so validation never touches training ground) and
-trains the default recipe, and a variant with ``--crop 128``, with exactly that row as validation
-(``--val-scenes``). Per fold it reports the MCC and IoU on the held-out row at the threshold the
-run chose and at 0.5 (on probabilities averaged over the four flip views, as predict and
-solution.py make them), the epochs run and the wall time, next to two per-pixel baselines fitted on
-the same fold's training rows (logistic regression and histogram gradient boosting on the band
-values): the network has to beat what the band values alone tell. With several ``--seeds``, each
-fold also gets an "ensemble" row: the seeds' probabilities averaged, as a ``model.pth`` packed from
-those runs would give (``python -m convert RUN_A RUN_B``).
+holds out one row of tiles (a row is a scene, so held-out ground never touches training ground) and
+trains the default recipe, and a variant with ``--crop 128``. How the held-out row is used is the
+``--protocol``:
+
+- ``test`` (the default): the held-out row is a test row the run never sees. The run trains on two of
+  the other rows and validates on the row after the held-out one (``--val-scenes``): that row picks
+  its best epoch (early stopping) and its decision threshold, as a user's own validation tiles would
+  on a new region, and the scores are of the untouched test row.
+- ``validation``: the held-out row is the run's validation row (the protocol of every table in
+  RESULTS.md before 2026-12-01): it trains on the other three rows, and the row it is scored on also
+  chose its best epoch and threshold, so its figures are optimistic by that selection.
+
+Per fold it reports the MCC and IoU on the held-out row at the threshold the run chose and at 0.5
+(on probabilities averaged over the four flip views, as predict and solution.py make them), the
+epochs run and the wall time, next to two per-pixel baselines fitted on every non-held-out row
+(logistic regression and histogram gradient boosting on the band values; they choose nothing on
+the held-out row under either protocol): the network has to beat what the band values alone tell.
+With several ``--seeds``, each fold also gets an "ensemble" row: the seeds' probabilities averaged,
+as a ``model.pth`` packed from those runs would give (``python -m convert RUN_A RUN_B``), with its
+threshold chosen on the averaged validation row.
 
 Nothing is asserted: the figures are written as a markdown table to the terminal and to the
 "Accuracy on everest-west" section of benchmarks/RESULTS.md (one ``### <label>`` subsection per
@@ -19,6 +30,7 @@ The baselines need scikit-learn (an optional benchmark dependency); without it t
 left empty and the reason is printed.
 
     python -m benchmarks.accuracy                         # 4 folds x (default, --crop 128), seed 0
+    python -m benchmarks.accuracy --protocol validation   # as the tables before 2026-12-01
     python -m benchmarks.accuracy --folds 0,2 --variants default --label before
     python -m benchmarks.accuracy --extra-args "--lr 3e-4" --label "lr 3e-4"
     python -m benchmarks.accuracy --variants crop128 --seeds 0,1,2 --runs-dir runs/acc   # trains seed 2 only
@@ -32,6 +44,7 @@ import datetime as _dt
 import json
 import os
 import shlex
+import shutil
 import statistics
 import sys
 import tempfile
@@ -46,7 +59,9 @@ DEFAULT_OUT = Path(__file__).resolve().parent / "RESULTS.md"
 SECTION = "Accuracy on everest-west"
 #: Training variants: name -> flags added to the default recipe.
 VARIANTS = {"default": (), "crop128": ("--crop", "128")}
-COLUMNS = ("variant", "seed", "fold", "val", "MCC@t", "IoU@t", "t", "MCC@0.5", "IoU@0.5", "epochs", "best",
+#: ``--protocol``: how the held-out row is used (module docstring).
+PROTOCOLS = ("test", "validation")
+COLUMNS = ("variant", "seed", "fold", "scored", "val", "MCC@t", "IoU@t", "t", "MCC@0.5", "IoU@0.5", "epochs", "best",
            "wall s", "LR MCC", "GB MCC")
 
 
@@ -66,6 +81,38 @@ def fold_samples(data: str | Path, val_scene: str):
     source = discover(data)
     train, val = chosen_split(source.samples, val_scene, data)
     return source, train, val
+
+
+def validation_scene(scenes: Sequence[str], held_out: str) -> str:
+    """The validation row of the ``test`` protocol's fold holding out ``held_out``: the next row, cyclically.
+
+    Fixed rather than drawn, so every seed and variant of a fold validates on the same row.
+    """
+    if len(scenes) < 3:
+        raise SystemExit(f"error: --protocol test needs at least 3 scenes (train, validation, test), "
+                         f"found {len(scenes)}: use --protocol validation")
+    return scenes[(list(scenes).index(held_out) + 1) % len(scenes)]
+
+
+def data_without(data: str | Path, scene: str, folder: Path) -> Path:
+    """``folder`` made a view of ``data`` without the tiles of ``scene``: links to every other tile's files.
+
+    The training job then cannot see the test row at all (not even in its band statistics), yet the
+    data is neither copied nor changed. Files of other samples keep their paths relative to ``data``,
+    so the view has the dataset's layout.
+    """
+    from keras_glacier.data.sources import discover
+
+    data, folder = Path(data).resolve(), Path(folder)
+    shutil.rmtree(folder, ignore_errors=True)
+    for sample in discover(data).samples:
+        if sample.scene_id == scene:
+            continue
+        for path in (*sample.image_paths, *((sample.label_path,) if sample.label_path else ())):
+            link = folder / Path(path).resolve().relative_to(data)
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(Path(path).resolve())
+    return folder
 
 
 def pixels(samples, bands: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -134,8 +181,8 @@ def mean_rows(rows: Sequence[dict]) -> list[dict]:
     means = []
     for variant in dict.fromkeys(row["variant"] for row in rows):
         mine = [row for row in rows if row["variant"] == variant]
-        mean = {"variant": variant, "seed": "", "fold": "mean", "val": f"{len(mine)} runs"}
-        for column in COLUMNS[4:]:
+        mean = {"variant": variant, "seed": "", "fold": "mean", "scored": f"{len(mine)} runs", "val": ""}
+        for column in COLUMNS[COLUMNS.index("MCC@t"):]:
             values = [row[column] for row in mine if isinstance(row.get(column), (int, float))]
             mean[column] = statistics.fmean(values) if len(values) == len(mine) and values else ""
         means.append(mean)
@@ -167,9 +214,10 @@ def write_section(path: str | Path, label: str, body: str) -> None:
     subsections[label] = body.strip("\n")
     intro = intro or (
         "Four folds on the everest-west development set (see its README), each holding out one row of tiles "
-        "(a scene) as validation; written by `python -m benchmarks.accuracy`. MCC/IoU on the held-out row at "
-        "the threshold the run chose (t) and at 0.5; LR / GB: per-pixel logistic regression and gradient "
-        "boosting on the same band values, same fold. Figures are measurements, not assertions.")
+        "(a scene); written by `python -m benchmarks.accuracy`. MCC/IoU on the held-out row (scored) at the "
+        "threshold the run chose (t) on its validation row (val) and at 0.5; LR / GB: per-pixel logistic "
+        "regression and gradient boosting on the same band values, same fold. Figures are measurements, "
+        "not assertions.")
     new_section = f"## {SECTION}\n\n{intro}\n" + "".join(
         f"\n### {title}\n\n{content}\n" for title, content in subsections.items())
     before = head.rstrip("\n") + "\n\n" if head.strip() else ""
@@ -208,29 +256,39 @@ def probability_scores(prob: np.ndarray, truth: np.ndarray, threshold: float) ->
             "MCC@0.5": at_half["mcc"], "IoU@0.5": at_half["iou"]}
 
 
-def ensemble_row(variant: str, fold: int, val_scene: str, members: Sequence[tuple[int, np.ndarray, np.ndarray, float]]
+def ensemble_row(variant: str, fold: int, scored: str, members: Sequence[tuple], val_scene: str | None = None
                  ) -> dict:
-    """The row of an ensemble of ``members`` (seed, held-out probabilities, labels, wall s) of one fold.
+    """The row of an ensemble of ``members`` of one fold.
 
-    Their probabilities are averaged, as ``python -m convert RUN_A RUN_B`` and solution.py do, and the
-    threshold is chosen on the averaged map for MCC, as a single run chooses its own on its validation
-    tiles (here, as there, the held-out row). The wall time is the members' sum: the ensemble costs
-    every member's training.
+    Each member is (seed, held-out probabilities, labels, wall s) and, under the ``test`` protocol,
+    also (validation probabilities, validation labels). Their probabilities are averaged, as
+    ``python -m convert RUN_A RUN_B`` and solution.py do, and the threshold is chosen for MCC on the
+    averaged validation map, as a single run chooses its own on its validation tiles: under the
+    ``validation`` protocol (no validation maps given) that is the held-out row itself. The wall time
+    is the members' sum: the ensemble costs every member's training.
     """
     from keras_glacier.metrics.threshold import best_threshold
 
-    truth = members[0][2]
-    if any(m[2].shape != truth.shape or not np.array_equal(m[2], truth) for m in members):
-        raise ValueError(f"fold {fold}: ensemble members were scored on different pixels")
-    prob = np.mean([m[1] for m in members], axis=0)
-    threshold, _ = best_threshold(truth, prob)
+    def averaged(prob_at: int, truth_at: int, what: str) -> tuple[np.ndarray, np.ndarray]:
+        truth = members[0][truth_at]
+        if any(m[truth_at].shape != truth.shape or not np.array_equal(m[truth_at], truth) for m in members):
+            raise ValueError(f"fold {fold}: ensemble members were scored on different {what} pixels")
+        return np.mean([m[prob_at] for m in members], axis=0), truth
+
+    prob, truth = averaged(1, 2, "held-out")
+    chooser = averaged(4, 5, "validation") if len(members[0]) > 4 else (prob, truth)
+    threshold, _ = best_threshold(chooser[1], chooser[0])
     return {"fold": fold, "variant": f"{variant} ensemble", "seed": "+".join(str(m[0]) for m in members),
-            "val": val_scene, "epochs": "", "best": "", "wall s": float(sum(m[3] for m in members)),
-            **probability_scores(prob, truth, float(threshold))}
+            "scored": scored, "val": val_scene or scored, "epochs": "", "best": "",
+            "wall s": float(sum(m[3] for m in members)), **probability_scores(prob, truth, float(threshold))}
 
 
-def held_out_probabilities(run_dir: Path, config) -> tuple[np.ndarray, np.ndarray]:
-    """The run's flip-averaged glacier probabilities on its validation tiles, and their labels."""
+def held_out_probabilities(run_dir: Path, config, samples=None) -> tuple[np.ndarray, np.ndarray]:
+    """The run's flip-averaged glacier probabilities on its validation tiles, and their labels.
+
+    ``samples``: score these tiles instead (the test row), read as the run reads its own: its bands,
+    its band statistics, whole tiles.
+    """
     import keras
 
     from keras_glacier.data.stats import BandStats
@@ -240,53 +298,76 @@ def held_out_probabilities(run_dir: Path, config) -> tuple[np.ndarray, np.ndarra
 
     _, bands, _, train, val, _, _ = prepare_data(config, run_dir, resume=True)
     stats = BandStats.load(run_dir / "stats.json")
-    _, val_seq = make_datasets(config, run_dir, train, val, stats, bands)
+    _, val_seq = make_datasets(config, run_dir, train, val if samples is None else list(samples), stats, bands)
     model = keras.saving.load_model(run_dir / "model.keras", compile=False)
     return validation_probabilities(keras_forward(model), val_seq)
 
 
-def run_fold(data: Path, val_scene: str, variant: str, seed: int, settings: dict, work: Path
-             ) -> tuple[dict, tuple[np.ndarray, np.ndarray]]:
-    """Train one fold's run and score it on the held-out scene: (row, (probabilities, labels)).
+def run_fold(data: Path, held_out: str, variant: str, seed: int, settings: dict, work: Path,
+             protocol: str = "validation", val_scene: str | None = None) -> tuple[dict, tuple[np.ndarray, ...]]:
+    """Train one fold's run and score it on the held-out scene: (row, maps).
 
-    The row and the held-out probabilities are saved in the run folder (``accuracy.json``,
-    ``accuracy.npz``) after scoring, so a kept ``--runs-dir`` scores a finished run again without
-    training it (an ensemble can then add a seed to runs of an earlier invocation); a run folder
-    trained with other flags is refused rather than mixed in.
+    ``maps`` is (held-out probabilities, labels) and under the ``test`` protocol also the validation
+    row's (probabilities, labels), which choose an ensemble's threshold. Under ``test`` the run is
+    trained on a view of ``data`` without the held-out row (:func:`data_without`) and validates on
+    ``val_scene``; under ``validation`` it validates on the held-out row itself.
+
+    The row and the maps are saved in the run folder (``accuracy.json``, ``accuracy.npz``) after
+    scoring, so a kept ``--runs-dir`` scores a finished run again without training it (an ensemble
+    can then add a seed to runs of an earlier invocation); a run folder trained with other flags is
+    refused rather than mixed in.
     """
+    from keras_glacier.data.sources import discover
     from keras_glacier.training.config import TrainConfig
     from keras_glacier.training.fit import train
 
-    run_dir = work / f"{variant}-seed{seed}-{val_scene}"
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol {protocol!r}: choose from {', '.join(PROTOCOLS)}")
+    testing = protocol == "test"
+    if testing and (val_scene is None or val_scene == held_out):
+        raise ValueError(f"the test protocol validates on another row than the held-out {held_out}, got {val_scene}")
+    val_scene = val_scene if testing else held_out
+    run_dir = work / (f"{variant}-seed{seed}-test{held_out}-val{val_scene}" if testing
+                      else f"{variant}-seed{seed}-{held_out}")
     merged = {**settings, **training_settings(VARIANTS[variant])}
-    config = TrainConfig(**{**merged, "data": str(data), "out": str(run_dir), "val_scenes": val_scene,
-                            "seed": seed, "export": False})
     saved = kept_result(run_dir, merged)
     if saved is not None:
         print(f"[accuracy] {run_dir.name}: scored from the kept run in {run_dir}", flush=True)
         return saved
+    train_data = data_without(data, held_out, work / f"data-without-{held_out}") if testing else data
+    config = TrainConfig(**{**merged, "data": str(train_data), "out": str(run_dir), "val_scenes": val_scene,
+                            "seed": seed, "export": False})
     start = time.perf_counter()
     result = train(config, overwrite=True)
     wall = time.perf_counter() - start
     threshold = float(result.threshold if result.threshold is not None else 0.5)
     epochs, best = history_facts(run_dir)
-    prob, truth = held_out_probabilities(run_dir, config)
-    row = {"variant": variant, "seed": seed, "val": val_scene, "epochs": epochs, "best": best,
-           "wall s": wall, **probability_scores(prob, truth, threshold)}
-    save_result(run_dir, merged, row, prob, truth)
-    return row, (prob, truth)
+    maps = held_out_probabilities(run_dir, config)
+    if testing:
+        test = [s for s in discover(data, task=config.task, mask_layout=config.mask_layout).samples
+                if s.scene_id == held_out]
+        maps = (*held_out_probabilities(run_dir, config, test), *maps)
+    row = {"variant": variant, "seed": seed, "scored": held_out, "val": val_scene, "epochs": epochs, "best": best,
+           "wall s": wall, **probability_scores(maps[0], maps[1], threshold)}
+    save_result(run_dir, merged, row, *maps)
+    return row, maps
 
 
-def save_result(run_dir: Path, settings: dict, row: dict, prob: np.ndarray, truth: np.ndarray) -> None:
-    """What :func:`kept_result` reads back: the row and flags (JSON), then the held-out maps (npz)."""
+#: The arrays of accuracy.npz, in the order of :func:`run_fold`'s maps.
+MAP_NAMES = ("prob", "truth", "val_prob", "val_truth")
+
+
+def save_result(run_dir: Path, settings: dict, row: dict, *maps: np.ndarray) -> None:
+    """What :func:`kept_result` reads back: the row and flags (JSON), then the maps (npz, :data:`MAP_NAMES`)."""
     from keras_glacier.fileio import atomic_write, write_json
 
-    atomic_write(run_dir / "accuracy.npz", lambda tmp: np.savez_compressed(tmp, prob=prob, truth=truth))
+    arrays = dict(zip(MAP_NAMES, maps))
+    atomic_write(run_dir / "accuracy.npz", lambda tmp: np.savez_compressed(tmp, **arrays))
     write_json(run_dir / "accuracy.json", {"settings": settings, "row": row})
 
 
-def kept_result(run_dir: Path, settings: dict) -> tuple[dict, tuple[np.ndarray, np.ndarray]] | None:
-    """The saved (row, (probabilities, labels)) of a finished run in ``run_dir``, or None to train it.
+def kept_result(run_dir: Path, settings: dict) -> tuple[dict, tuple[np.ndarray, ...]] | None:
+    """The saved (row, maps) of a finished run in ``run_dir``, or None to train it.
 
     Raises SystemExit with one line when the run was trained with other flags than ``settings``.
     """
@@ -298,7 +379,9 @@ def kept_result(run_dir: Path, settings: dict) -> tuple[dict, tuple[np.ndarray, 
         raise SystemExit(f"error: {run_dir} was trained with {saved.get('settings')}, not {settings}: "
                          "give another --runs-dir")
     with np.load(arrays) as files:
-        return saved["row"], (files["prob"], files["truth"])
+        row = saved["row"]
+        row.setdefault("scored", row.get("val", ""))  # kept before the "scored" column
+        return row, tuple(files[name] for name in MAP_NAMES if name in files)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -307,6 +390,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--folds", default=None, help="comma-separated fold numbers (0-based; default: all)")
     parser.add_argument("--seeds", default="0", help="comma-separated training seeds (default 0)")
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"of {', '.join(VARIANTS)} (default: all)")
+    parser.add_argument("--protocol", choices=PROTOCOLS, default="test",
+                        help="test: the held-out row is never seen, the next row validates (default); validation: "
+                             "the held-out row is the run's validation row (optimistic; the tables before 2026-12-01)")
     parser.add_argument("--extra-args", default="", help="training flags added to every run, e.g. \"--lr 3e-4\"")
     parser.add_argument("--quick", action="store_true", help="2 epochs per run: checks the pipeline, not accuracy")
     parser.add_argument("--label", default=None, help="subsection title in RESULTS.md (default: the extra args)")
@@ -339,7 +425,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         for f in folds:
             baselines[f] = pixel_baselines(args.data, scenes[f], bands=bands)
-            print(f"[accuracy] fold {f} (val {scenes[f]}): baselines "
+            print(f"[accuracy] fold {f} (held out {scenes[f]}): baselines "
                   + ", ".join(f"{k} MCC {v['mcc']:.3f}" for k, v in baselines[f].items()), flush=True)
     except ImportError as exc:
         print(f"[accuracy] per-pixel baselines skipped: {exc} (pip install scikit-learn)", flush=True)
@@ -352,13 +438,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         for variant in variants:
             for seed in seeds:
                 for f in folds:
-                    row, (prob, truth) = run_fold(args.data, scenes[f], variant, seed, settings, Path(tmp))
+                    val = validation_scene(scenes, scenes[f]) if args.protocol == "test" else None
+                    row, maps = run_fold(args.data, scenes[f], variant, seed, settings, Path(tmp),
+                                         protocol=args.protocol, val_scene=val)
                     row = {"fold": f, **row, **baseline_columns(baselines, f)}
                     rows.append(row)
                     print(f"[accuracy] {row}", flush=True)
-                    members.setdefault((variant, f), []).append((seed, prob, truth, row["wall s"]))
+                    members.setdefault((variant, f), []).append((seed, *maps[:2], row["wall s"], *maps[2:]))
                     if len(seeds) > 1 and seed == seeds[-1]:
-                        ensembles.append({**ensemble_row(variant, f, scenes[f], members.pop((variant, f))),
+                        ensembles.append({**ensemble_row(variant, f, scenes[f], members.pop((variant, f)), val),
                                           **baseline_columns(baselines, f)})
                         print(f"[accuracy] {ensembles[-1]}", flush=True)
                     report([*rows, *ensembles], args, argv, load_start, start, done=len(rows) == total)
@@ -375,7 +463,8 @@ def report(rows, args, argv, load_start: float, start: float, done: bool) -> Non
     extra = " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     note = (f"`{' '.join(['python -m benchmarks.accuracy', extra]).strip()}` on {_dt.date.today()}, "
             f"{os.cpu_count()} cores, load average {load_start:.1f} at the start and {os.getloadavg()[0]:.1f} "
-            f"at the end, {time.perf_counter() - start:.0f} s in all; training flags beyond the data: "
+            f"at the end, {time.perf_counter() - start:.0f} s in all; protocol {args.protocol}; "
+            f"training flags beyond the data: "
             f"{args.extra_args or 'none'}{' (quick: 2 epochs)' if args.quick else ''}"
             f"{'' if done else f'; partial: {len(rows)} runs done so far'}.")
     print(table)

@@ -3,6 +3,7 @@
 import keras_glacier  # noqa: F401, I001  (first: selects the JAX backend before keras is imported)
 
 import argparse
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -124,7 +125,7 @@ def test_accuracy_ensemble_row_averages_the_seeds_probabilities():
     row = accuracy.ensemble_row("default", 2, "02", [(0, a, truth, 100.0), (1, b, truth, 50.0)])
     assert row["variant"] == "default ensemble" and row["seed"] == "0+1" and row["wall s"] == 150.0
     assert row["MCC@t"] == pytest.approx(1.0) and row["IoU@t"] == pytest.approx(1.0) and 0.35 < row["t"] < 0.65
-    with pytest.raises(ValueError, match="different pixels"):
+    with pytest.raises(ValueError, match="different held-out pixels"):
         accuracy.ensemble_row("default", 2, "02", [(0, a, truth, 1.0), (1, b, truth[::-1].copy(), 1.0)])
 
 
@@ -137,7 +138,7 @@ def test_accuracy_scores_a_kept_run_again_and_refuses_one_trained_otherwise(tmp_
     # No data folder exists: reaching the training would fail, so the result must come from the files.
     missing = tmp_path / "no-data"
     got_row, (got_prob, got_truth) = accuracy.run_fold(missing, "02", "crop128", 1, {"lr": 3e-4}, tmp_path)
-    assert got_row == row
+    assert got_row == {**row, "scored": "02"}  # a row kept before the "scored" column: its validation row
     np.testing.assert_array_equal(got_prob, prob)
     np.testing.assert_array_equal(got_truth, truth)
     with pytest.raises(SystemExit, match="crop128-seed1-02 was trained with .*give another --runs-dir"):
@@ -166,3 +167,74 @@ def test_accuracy_history_facts_of_a_run_and_of_a_members_run(tmp_path):
     history(tmp_path / "pair" / "member-1", ["0.1", "0.3", "0.2"])
     history(tmp_path / "pair" / "member-2", ["0.4", "0.1"])
     assert accuracy.history_facts(tmp_path / "pair") == ("3+2", "2+1")
+
+
+def test_accuracy_test_protocol_views_the_data_without_the_held_out_row(tmp_path):
+    from keras_glacier.data.demo import make_demo_band_folders
+    from keras_glacier.data.sources import discover, read_sample
+
+    data = make_demo_band_folders(tmp_path / "rows", tiles=6, size=32, seed=0, scenes=3)
+    assert accuracy.validation_scene(["00", "01", "02"], "01") == "02"
+    assert accuracy.validation_scene(["00", "01", "02"], "02") == "00"
+    with pytest.raises(SystemExit, match="needs at least 3 scenes"):
+        accuracy.validation_scene(["00", "01"], "00")
+    view = accuracy.data_without(data, "01", tmp_path / "view")
+    seen = {s.sample_id: s for s in discover(view).samples}
+    whole = {s.sample_id: s for s in discover(data).samples}
+    assert {s.scene_id for s in seen.values()} == {"00", "02"}
+    assert set(seen) == {i for i, s in whole.items() if s.scene_id != "01"}
+    for sample_id, sample in seen.items():
+        assert all(Path(p).is_symlink() for p in (*sample.image_paths, sample.label_path))
+        for got, want in zip(read_sample(sample, (0, 1, 2, 3, 4)), read_sample(whole[sample_id], (0, 1, 2, 3, 4))):
+            np.testing.assert_array_equal(got, want)
+    assert accuracy.data_without(data, "00", tmp_path / "view") == tmp_path / "view"  # remade, not added to
+    assert {s.scene_id for s in discover(view).samples} == {"01", "02"}
+
+
+def test_accuracy_ensemble_threshold_is_chosen_on_the_validation_row():
+    """Under the test protocol the held-out row scores the ensemble but never picks its threshold."""
+    from keras_glacier.metrics.threshold import best_threshold
+
+    rng = np.random.default_rng(1)
+    truth = (rng.random(400) > 0.6).astype(np.uint8)
+    held = [np.clip(truth * 0.5 + rng.random(400) * 0.5, 0, 1).astype(np.float32) for _ in range(2)]
+    val_truth = (rng.random(300) > 0.5).astype(np.uint8)
+    val = [np.clip(val_truth * 0.3 + 0.5 + rng.normal(0, 0.1, 300), 0, 1).astype(np.float32) for _ in range(2)]
+    members = [(seed, held[seed], truth, 10.0, val[seed], val_truth) for seed in (0, 1)]
+    row = accuracy.ensemble_row("default", 1, "01", members, "02")
+    want, _ = best_threshold(val_truth, np.mean(val, axis=0))
+    held_best, _ = best_threshold(truth, np.mean(held, axis=0))
+    assert abs(want - held_best) > 0.05  # the two rows disagree, so the test tells which one chose
+    assert row["t"] == pytest.approx(float(want)) and row["scored"] == "01" and row["val"] == "02"
+    scored = accuracy.probability_scores(np.mean(held, axis=0), truth, float(want))
+    assert row["MCC@t"] == pytest.approx(scored["MCC@t"])
+    with pytest.raises(ValueError, match="different validation pixels"):
+        accuracy.ensemble_row("default", 1, "01", [members[0], (*members[1][:5], val_truth[::-1].copy())], "02")
+
+
+def test_accuracy_test_protocol_trains_without_the_held_out_row_and_scores_it(tmp_path):
+    """The real training job on tiny data: the run never sees the test row, which it is scored on."""
+    from keras_glacier.data.demo import make_demo_band_folders
+    from keras_glacier.data.sources import discover, read_sample
+
+    data = make_demo_band_folders(tmp_path / "rows", tiles=6, size=32, seed=0, scenes=3)
+    settings = {"epochs": 1, "batch_size": 2, "workers": 1, "samples_per_epoch": 4}
+    with pytest.raises(ValueError, match="another row than the held-out 01"):
+        accuracy.run_fold(data, "01", "default", 0, settings, tmp_path / "runs", protocol="test", val_scene="01")
+    row, maps = accuracy.run_fold(data, "01", "default", 0, settings, tmp_path / "runs", protocol="test",
+                                  val_scene="02")
+    run_dir = tmp_path / "runs" / "default-seed0-test01-val02"
+    split = json.loads((run_dir / "split.json").read_text())
+    test_ids = {s.sample_id for s in discover(data).samples if s.scene_id == "01"}
+    assert split["train_scenes"] == ["00"] and split["val_scenes"] == ["02"]
+    assert not test_ids & {*split["train"], *split["val"]}  # not even among the statistics' tiles
+    assert row["scored"] == "01" and row["val"] == "02" and len(maps) == 4
+    samples = discover(data).samples
+    for (prob, truth), scene in ((maps[:2], "01"), (maps[2:], "02")):
+        labels = np.concatenate([read_sample(s, (0,))[1].ravel() for s in samples if s.scene_id == scene])
+        np.testing.assert_array_equal(truth, labels)
+        assert prob.shape == truth.shape and np.all((prob >= 0) & (prob <= 1))
+    assert row["MCC@t"] == pytest.approx(accuracy.probability_scores(maps[0], maps[1], row["t"])["MCC@t"])
+    again, kept = accuracy.run_fold(data, "01", "default", 0, settings, tmp_path / "runs", protocol="test",
+                                    val_scene="02")
+    assert again == row and all(np.array_equal(a, b) for a, b in zip(kept, maps))
