@@ -109,7 +109,7 @@ def data_without(data: str | Path, scene: str, folder: Path) -> Path:
         if sample.scene_id == scene:
             continue
         for path in (*sample.image_paths, *((sample.label_path,) if sample.label_path else ())):
-            link = folder / Path(path).resolve().relative_to(data)
+            link = folder / Path(path).relative_to(data)  # discover(data) lists paths under data
             link.parent.mkdir(parents=True, exist_ok=True)
             link.symlink_to(Path(path).resolve())
     return folder
@@ -283,11 +283,12 @@ def ensemble_row(variant: str, fold: int, scored: str, members: Sequence[tuple],
             "wall s": float(sum(m[3] for m in members)), **probability_scores(prob, truth, float(threshold))}
 
 
-def held_out_probabilities(run_dir: Path, config, samples=None) -> tuple[np.ndarray, np.ndarray]:
+def held_out_probabilities(run_dir: Path, config, test=None) -> tuple[np.ndarray, ...]:
     """The run's flip-averaged glacier probabilities on its validation tiles, and their labels.
 
-    ``samples``: score these tiles instead (the test row), read as the run reads its own: its bands,
-    its band statistics, whole tiles.
+    ``test``: tiles the run never saw, scored first, read as the run reads its own (its bands, its
+    band statistics, whole tiles) with the model loaded once: (test probabilities, test labels,
+    validation probabilities, validation labels).
     """
     import keras
 
@@ -298,19 +299,23 @@ def held_out_probabilities(run_dir: Path, config, samples=None) -> tuple[np.ndar
 
     _, bands, _, train, val, _, _ = prepare_data(config, run_dir, resume=True)
     stats = BandStats.load(run_dir / "stats.json")
-    _, val_seq = make_datasets(config, run_dir, train, val if samples is None else list(samples), stats, bands)
-    model = keras.saving.load_model(run_dir / "model.keras", compile=False)
-    return validation_probabilities(keras_forward(model), val_seq)
+    forward = keras_forward(keras.saving.load_model(run_dir / "model.keras", compile=False))
+    maps = ()
+    for samples in ((test,) if test is not None else ()) + (val,):
+        _, seq = make_datasets(config, run_dir, train, list(samples), stats, bands)
+        maps += validation_probabilities(forward, seq)
+    return maps
 
 
 def run_fold(data: Path, held_out: str, variant: str, seed: int, settings: dict, work: Path,
-             protocol: str = "validation", val_scene: str | None = None) -> tuple[dict, tuple[np.ndarray, ...]]:
+             val_scene: str | None = None) -> tuple[dict, tuple[np.ndarray, ...]]:
     """Train one fold's run and score it on the held-out scene: (row, maps).
 
-    ``maps`` is (held-out probabilities, labels) and under the ``test`` protocol also the validation
-    row's (probabilities, labels), which choose an ensemble's threshold. Under ``test`` the run is
-    trained on a view of ``data`` without the held-out row (:func:`data_without`) and validates on
-    ``val_scene``; under ``validation`` it validates on the held-out row itself.
+    With a ``val_scene`` (the ``test`` protocol) the run is trained on a view of ``data`` without the
+    held-out row (:func:`data_without`) and validates on ``val_scene``; ``maps`` is the held-out
+    row's (probabilities, labels), then the validation row's, which choose an ensemble's threshold.
+    Without one (the ``validation`` protocol) it validates on the held-out row itself and ``maps`` is
+    that row's (probabilities, labels).
 
     The row and the maps are saved in the run folder (``accuracy.json``, ``accuracy.npz``) after
     scoring, so a kept ``--runs-dir`` scores a finished run again without training it (an ensemble
@@ -321,10 +326,8 @@ def run_fold(data: Path, held_out: str, variant: str, seed: int, settings: dict,
     from keras_glacier.training.config import TrainConfig
     from keras_glacier.training.fit import train
 
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"protocol {protocol!r}: choose from {', '.join(PROTOCOLS)}")
-    testing = protocol == "test"
-    if testing and (val_scene is None or val_scene == held_out):
+    testing = val_scene is not None
+    if val_scene == held_out:
         raise ValueError(f"the test protocol validates on another row than the held-out {held_out}, got {val_scene}")
     val_scene = val_scene if testing else held_out
     run_dir = work / (f"{variant}-seed{seed}-test{held_out}-val{val_scene}" if testing
@@ -342,11 +345,11 @@ def run_fold(data: Path, held_out: str, variant: str, seed: int, settings: dict,
     wall = time.perf_counter() - start
     threshold = float(result.threshold if result.threshold is not None else 0.5)
     epochs, best = history_facts(run_dir)
-    maps = held_out_probabilities(run_dir, config)
+    test = None
     if testing:
         test = [s for s in discover(data, task=config.task, mask_layout=config.mask_layout).samples
                 if s.scene_id == held_out]
-        maps = (*held_out_probabilities(run_dir, config, test), *maps)
+    maps = held_out_probabilities(run_dir, config, test)
     row = {"variant": variant, "seed": seed, "scored": held_out, "val": val_scene, "epochs": epochs, "best": best,
            "wall s": wall, **probability_scores(maps[0], maps[1], threshold)}
     save_result(run_dir, merged, row, *maps)
@@ -439,8 +442,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for seed in seeds:
                 for f in folds:
                     val = validation_scene(scenes, scenes[f]) if args.protocol == "test" else None
-                    row, maps = run_fold(args.data, scenes[f], variant, seed, settings, Path(tmp),
-                                         protocol=args.protocol, val_scene=val)
+                    row, maps = run_fold(args.data, scenes[f], variant, seed, settings, Path(tmp), val_scene=val)
                     row = {"fold": f, **row, **baseline_columns(baselines, f)}
                     rows.append(row)
                     print(f"[accuracy] {row}", flush=True)

@@ -189,6 +189,8 @@ def test_accuracy_test_protocol_views_the_data_without_the_held_out_row(tmp_path
             np.testing.assert_array_equal(got, want)
     assert accuracy.data_without(data, "00", tmp_path / "view") == tmp_path / "view"  # remade, not added to
     assert {s.scene_id for s in discover(view).samples} == {"01", "02"}
+    nested = accuracy.data_without(view, "02", tmp_path / "nested")  # a dataset of links is viewed too
+    assert {s.scene_id for s in discover(nested).samples} == {"01"}
 
 
 def test_accuracy_ensemble_threshold_is_chosen_on_the_validation_row():
@@ -220,8 +222,8 @@ def test_accuracy_test_protocol_trains_without_the_held_out_row_and_scores_it(tm
     data = make_demo_band_folders(tmp_path / "rows", tiles=6, size=32, seed=0, scenes=3)
     settings = {"epochs": 1, "batch_size": 2, "workers": 1, "samples_per_epoch": 4}
     with pytest.raises(ValueError, match="another row than the held-out 01"):
-        accuracy.run_fold(data, "01", "default", 0, settings, tmp_path / "runs", protocol="test", val_scene="01")
-    row, maps = accuracy.run_fold(data, "01", "default", 0, settings, tmp_path / "runs", protocol="test",
+        accuracy.run_fold(data, "01", "default", 0, settings, tmp_path / "runs", val_scene="01")
+    row, maps = accuracy.run_fold(data, "01", "default", 0, settings, tmp_path / "runs",
                                   val_scene="02")
     run_dir = tmp_path / "runs" / "default-seed0-test01-val02"
     split = json.loads((run_dir / "split.json").read_text())
@@ -235,6 +237,6 @@ def test_accuracy_test_protocol_trains_without_the_held_out_row_and_scores_it(tm
         np.testing.assert_array_equal(truth, labels)
         assert prob.shape == truth.shape and np.all((prob >= 0) & (prob <= 1))
     assert row["MCC@t"] == pytest.approx(accuracy.probability_scores(maps[0], maps[1], row["t"])["MCC@t"])
-    again, kept = accuracy.run_fold(data, "01", "default", 0, settings, tmp_path / "runs", protocol="test",
+    again, kept = accuracy.run_fold(data, "01", "default", 0, settings, tmp_path / "runs",
                                     val_scene="02")
     assert again == row and all(np.array_equal(a, b) for a, b in zip(kept, maps))
