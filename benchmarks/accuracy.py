@@ -236,7 +236,10 @@ def history_facts(run_dir: Path) -> tuple[int | str, int | str]:
     """
     from keras_glacier.callbacks import read_history
     from keras_glacier.training.members import member_dir
+    from keras_glacier.training.refit import validation_run_dir
 
+    if validation_run_dir(run_dir).is_dir():  # --refit: the validated run chose the refit's epochs
+        return history_facts(validation_run_dir(run_dir))
     members = []
     while member_dir(run_dir, len(members)).is_dir():
         members.append(history_facts(member_dir(run_dir, len(members))))
@@ -289,21 +292,29 @@ def held_out_probabilities(run_dir: Path, config, test=None) -> tuple[np.ndarray
     ``test``: tiles the run never saw, scored first, read as the run reads its own (its bands, its
     band statistics, whole tiles) with the model loaded once: (test probabilities, test labels,
     validation probabilities, validation labels).
+
+    A ``--refit`` run's network has trained on the validation tiles, so its validation maps are
+    its validated run's (``RUN_DIR/validation-run``), whose network has not.
     """
     import keras
 
     from keras_glacier.data.stats import BandStats
     from keras_glacier.inference import keras_forward
+    from keras_glacier.training.config import TrainConfig
     from keras_glacier.training.data import make_datasets, prepare_data
+    from keras_glacier.training.refit import validation_run_dir
     from keras_glacier.training.threshold import validation_probabilities
 
+    validated = validation_run_dir(run_dir) if getattr(config, "refit", False) else None
     _, bands, _, train, val, _, _ = prepare_data(config, run_dir, resume=True)
     stats = BandStats.load(run_dir / "stats.json")
     forward = keras_forward(keras.saving.load_model(run_dir / "model.keras", compile=False))
     maps = ()
-    for samples in ((test,) if test is not None else ()) + (val,):
+    for samples in ((test,) if test is not None else ()) + (() if validated else (val,)):
         _, seq = make_datasets(config, run_dir, train, list(samples), stats, bands)
         maps += validation_probabilities(forward, seq)
+    if validated:
+        maps += held_out_probabilities(validated, TrainConfig.from_run(validated))
     return maps
 
 

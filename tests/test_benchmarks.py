@@ -167,6 +167,9 @@ def test_accuracy_history_facts_of_a_run_and_of_a_members_run(tmp_path):
     history(tmp_path / "pair" / "member-1", ["0.1", "0.3", "0.2"])
     history(tmp_path / "pair" / "member-2", ["0.4", "0.1"])
     assert accuracy.history_facts(tmp_path / "pair") == ("3+2", "2+1")
+    refit = history(tmp_path / "refit", ["", ""])  # a --refit run's own history validates nothing
+    history(refit / "validation-run", ["0.1", "0.4", "0.2"])
+    assert accuracy.history_facts(refit) == (3, 2)
 
 
 def test_accuracy_test_protocol_views_the_data_without_the_held_out_row(tmp_path):
@@ -240,3 +243,34 @@ def test_accuracy_test_protocol_trains_without_the_held_out_row_and_scores_it(tm
     again, kept = accuracy.run_fold(data, "01", "default", 0, settings, tmp_path / "runs",
                                     val_scene="02")
     assert again == row and all(np.array_equal(a, b) for a, b in zip(kept, maps))
+
+
+def test_accuracy_scores_a_refit_network_on_the_test_row_and_its_validated_run_on_the_validation_row(tmp_path):
+    """--refit: the refitted network has seen the validation row, so that row's maps are the validated run's."""
+    import keras
+
+    from keras_glacier.data.demo import make_demo_band_folders
+    from keras_glacier.data.sources import discover
+    from keras_glacier.inference import keras_forward
+    from keras_glacier.training.config import TrainConfig
+    from keras_glacier.training.data import make_datasets, prepare_data
+    from keras_glacier.training.threshold import validation_probabilities
+
+    data = make_demo_band_folders(tmp_path / "rows", tiles=6, size=32, seed=0, scenes=3)
+    settings = {"epochs": 1, "batch_size": 2, "workers": 1, "samples_per_epoch": 4, "refit": True}
+    row, maps = accuracy.run_fold(data, "01", "default", 0, settings, tmp_path / "runs", val_scene="02")
+    run_dir = tmp_path / "runs" / "default-seed0-test01-val02"
+    validated = run_dir / "validation-run"
+    assert json.loads((run_dir / "split.json").read_text())["train_scenes"] == ["00", "02"]
+    assert (row["epochs"], row["best"]) == (1, 1) and row["t"] == pytest.approx(
+        json.loads((validated / "metrics.json").read_text())["threshold"])
+    val_maps = accuracy.held_out_probabilities(validated, TrainConfig.from_run(validated))
+    assert all(np.array_equal(a, b) for a, b in zip(maps[2:], val_maps))
+    # The test row is scored by the refitted network (with its own statistics), not by the validated one.
+    test = [s for s in discover(data).samples if s.scene_id == "01"]
+    config = TrainConfig.from_run(validated)
+    _, bands, _, train, _, stats, _ = prepare_data(config, validated, resume=True)
+    _, seq = make_datasets(config, validated, train, test, stats, bands)
+    first = validation_probabilities(keras_forward(keras.saving.load_model(validated / "model.keras")), seq)
+    np.testing.assert_array_equal(first[1], maps[1])
+    assert not np.allclose(first[0], maps[0])

@@ -123,6 +123,12 @@ class TrainConfig:
     val_scenes: str | None = _setting(
         None, "validate on exactly these scenes (comma-separated scene ids, e.g. 03 or slice_2,slice_5; band-folder "
         "tile 02_07 is scene 02) instead of a random --val-fraction split", metavar="IDS")
+    refit: bool = _setting(
+        False, "after the run, train the network again on every labelled tile (training and validation) for the "
+        "number of epochs validation chose, on the same schedule and epoch size, and keep that network as the run's "
+        "model.keras and model.pth, with the validated decision threshold (or --threshold); the validated run stays "
+        "in RUN_DIR/validation-run and its scores are the run's metrics (the refitted network has seen the "
+        "validation tiles, so nothing can score it honestly); costs up to twice the time")
     seed: int = _setting(0, "seed of the split, sampling, augmentation, initialisation and demo data")
     threshold: str | float = _setting(
         AUTO, "binary decision threshold on the glacier probability: auto = the one with the best MCC on the "
@@ -194,6 +200,9 @@ class TrainConfig:
                 raise UsageError(f"--val-scenes needs comma-separated scene ids, got {self.val_scenes!r}")
             if self.folds > 1:
                 raise UsageError("--val-scenes fixes one validation split; it cannot be combined with --folds")
+        if self.refit and (self.folds > 1 or self.members > 1):
+            raise UsageError(f"--refit trains one network again on all tiles; it cannot be combined with "
+                             f"{'--folds' if self.folds > 1 else '--members'} (refit each fold or seed as its own run)")
         if self.folds > 1 and self.members > 1:
             raise UsageError("--members trains its networks on one split and --folds on several; give one of them "
                              "(or pack the folds' runs with python -m convert RUN_A RUN_B ...)")

@@ -162,23 +162,42 @@ def make_datasets(config: TrainConfig, run_dir: Path, train, val, stats, bands):
     ``batch_size`` is the global batch (over all processes and devices): each process wraps these
     whole-job sequences in ``distribution.ProcessShard`` to read its share.
     """
+    from keras_glacier.data.dataset import GlacierSequence
+    from keras_glacier.data.sampling import tile_shape
+
+    train_seq = training_sequence(config, run_dir, train, stats, bands)
+    val_seq = GlacierSequence(
+        val, batch_size=config.batch_size, crop=effective_crop(None, tile_shape(val[0])), augment=None,
+        shuffle=False, seed=config.seed, **loader_settings(config, run_dir, stats, bands))
+    return train_seq, val_seq
+
+
+def loader_settings(config: TrainConfig, run_dir: Path, stats, bands) -> dict:
+    """What the training and the validation sequences share: statistics, bands, threads, cache."""
+    from keras_glacier.training.parallel import cache_folder
+
+    return dict(stats=stats, bands=bands, workers=config.workers,
+                cache_dir=cache_folder(run_dir) if config.cache else None)
+
+
+def training_sequence(config: TrainConfig, run_dir: Path, train, stats, bands):
+    """The training dataset: ``samples_per_epoch`` augmented crops drawn in proportion to tile area."""
     from keras_glacier.data.augment import AugmentConfig
     from keras_glacier.data.dataset import GlacierSequence
-    from keras_glacier.data.sampling import auto_affine, default_samples_per_epoch, tile_shape
-    from keras_glacier.training.parallel import cache_folder
+    from keras_glacier.data.sampling import default_samples_per_epoch, tile_shape
 
     shapes = [tile_shape(sample) for sample in train]
     crop = effective_crop(config.crop, shapes[0])
     samples = config.samples_per_epoch or default_samples_per_epoch(
         shapes, crop, config.batch_size, encoder_for(config, len(train)))
-    common = dict(stats=stats, bands=bands, workers=config.workers,
-                  cache_dir=cache_folder(run_dir) if config.cache else None)
-    affine = auto_affine(len(train), config.batch_size) if config.affine == AUTO else config.affine
-    augment = AugmentConfig(affine=affine) if config.augment else None
-    train_seq = GlacierSequence(
+    augment = AugmentConfig(affine=resolved_affine(config, len(train))) if config.augment else None
+    return GlacierSequence(
         train, batch_size=config.batch_size, crop=crop, augment=augment,
-        shuffle=True, seed=config.seed, samples_per_epoch=samples, **common)
-    val_seq = GlacierSequence(
-        val, batch_size=config.batch_size, crop=effective_crop(None, tile_shape(val[0])), augment=None,
-        shuffle=False, seed=config.seed, **common)
-    return train_seq, val_seq
+        shuffle=True, seed=config.seed, samples_per_epoch=samples, **loader_settings(config, run_dir, stats, bands))
+
+
+def resolved_affine(config: TrainConfig, num_train_tiles: int) -> float:
+    """``--affine``, with auto decided by the training tile count."""
+    from keras_glacier.data.sampling import auto_affine
+
+    return auto_affine(num_train_tiles, config.batch_size) if config.affine == AUTO else config.affine

@@ -204,14 +204,19 @@ def train(config: TrainConfig | None = None, *, resume: bool = False, overwrite:
     run_dir = choose_run_dir(config, resume, overwrite)
     if resume:
         check_resumed_config(run_dir, config)
-    if config.folds == 1 and config.members == 1:
+    if config.folds == 1 and config.members == 1 and not config.refit:
         return train_one(config, run_dir, resume, callbacks)
     if parallel.process_count() > 1:
-        flag = f"--folds {config.folds}" if config.folds > 1 else f"--members {config.members}"
+        flag = (f"--folds {config.folds}" if config.folds > 1 else f"--members {config.members}" if config.members > 1
+                else "--refit")
         raise UsageError(f"{flag}: a run of several networks trains in one process only; train each "
                          "as its own multi-process run")
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / CONFIG_FILE, config.to_dict())  # first, so that an interrupted run of several resumes
+    if config.refit:
+        from keras_glacier.training.refit import train_refit
+
+        return train_refit(config, run_dir, resume, callbacks)
     if config.members > 1:
         from keras_glacier.training.members import train_members
 
@@ -312,13 +317,18 @@ def finish_run(config: TrainConfig, run_dir: Path, model, val_seq, metrics: dict
         figures.set_model(model)
         figures.write_predictions()
 
-    result = RunResult(run_dir, config, metrics, model=run_dir / "model.keras", threshold=threshold)
+    return export_run(config, RunResult(run_dir, config, metrics, model=run_dir / "model.keras", threshold=threshold),
+                      model)
+
+
+def export_run(config: TrainConfig, result: RunResult, model) -> RunResult:
+    """Unless ``--no-export``: model.pth of ``model`` in the run folder, checked against it (convert)."""
     if config.export:
         from convert import convert_model
 
-        result.conversion = convert_model(model, run_dir / "model.pth")
+        result.conversion = convert_model(model, result.run_dir / "model.pth")
         print(result.conversion.summary())
-        result.model_pth = run_dir / "model.pth"
+        result.model_pth = result.run_dir / "model.pth"
     return result
 
 

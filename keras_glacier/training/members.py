@@ -14,14 +14,13 @@ probabilities, ``metrics.json`` of the ensemble, the first member's ``split.json
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
 from keras_glacier.fileio import atomic_write
 from keras_glacier.training.config import TrainConfig
-from keras_glacier.training.run_folder import CONFIG_FILE, METRICS_FILE, RunResult, read_run_facts, write_run_facts
+from keras_glacier.training.run_folder import CONFIG_FILE, RunResult, finished_run, read_run_facts, write_run_facts
 
 #: ``RUN_DIR/member-1`` .. ``member-N``.
 MEMBER_PREFIX = "member-"
@@ -39,14 +38,6 @@ def member_config(config: TrainConfig, index: int) -> TrainConfig:
                                out=str(member_dir(Path(config.out), index)), export=False)
 
 
-def finished_member(path: Path, config: TrainConfig) -> RunResult | None:
-    """A member that already ended (its model.keras and metrics.json written), or None to (re)train it."""
-    if not ((path / "model.keras").is_file() and (path / METRICS_FILE).is_file()):
-        return None
-    metrics = json.loads((path / METRICS_FILE).read_text(encoding="utf-8"))
-    return RunResult(path, config, metrics, model=path / "model.keras", threshold=metrics.get("threshold"))
-
-
 def train_members(config: TrainConfig, run_dir: Path, resume: bool, callbacks: Sequence = ()) -> RunResult:
     """Train (or on resume finish) every member, then build, score, save and export the ensemble."""
     from keras_glacier.training.fit import train_one
@@ -55,7 +46,7 @@ def train_members(config: TrainConfig, run_dir: Path, resume: bool, callbacks: S
     results = []
     for index in range(config.members):
         path, settings = member_dir(run_dir, index), member_config(config, index)
-        done = finished_member(path, settings) if resume else None
+        done = finished_run(path, settings) if resume else None
         if done is not None:
             print(f"member {index + 1} of {config.members}: finished before, in {path}", flush=True)
             results.append(done)

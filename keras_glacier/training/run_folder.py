@@ -33,7 +33,8 @@ class RunResult:
     binary decision threshold chosen for MCC on the validation tiles, and the MCC there).
     ``folds`` holds the result of each fold of a ``folds > 1`` run (then the other fields describe
     the first fold's folder's parent and the mean metrics); ``members`` each member's of a
-    ``members > 1`` run, whose other fields are the ensemble's.
+    ``members > 1`` run, whose other fields are the ensemble's; ``validated`` the run that chose a
+    ``--refit`` run's epochs and threshold, whose metrics are the refit's.
     """
 
     run_dir: Path
@@ -45,6 +46,7 @@ class RunResult:
     conversion: object | None = None  # convert.ConversionReport
     folds: list[RunResult] = field(default_factory=list)
     members: list[RunResult] = field(default_factory=list)  # an ensemble's (``--members``), the others its own
+    validated: RunResult | None = None  # a ``--refit`` run's validated run (RUN_DIR/validation-run)
 
 
 def choose_run_dir(config: TrainConfig, resume: bool, overwrite: bool) -> Path:
@@ -88,6 +90,15 @@ def check_resumed_config(run_dir: Path, config: TrainConfig) -> None:
     if differing:
         details = ", ".join(f"{flag_of(k)} {given[k]!r} (saved {saved[k]!r})" for k in differing)
         raise UsageError(f"--resume: {run_dir} was trained with other settings: {details}")
+
+
+def finished_run(path: Path, config: TrainConfig) -> RunResult | None:
+    """A run that already ended in ``path`` (its model.keras and metrics.json written), or None to (re)train it."""
+    path = Path(path)
+    if not ((path / "model.keras").is_file() and (path / METRICS_FILE).is_file()):
+        return None
+    metrics = json.loads((path / METRICS_FILE).read_text(encoding="utf-8"))
+    return RunResult(path, config, metrics, model=path / "model.keras", threshold=metrics.get("threshold"))
 
 
 def read_run_facts(run_dir: Path) -> dict:

@@ -1,0 +1,163 @@
+"""``--refit``: once validation has chosen the epoch and the threshold, train again on every labelled tile.
+
+Why: with a dozen labelled tiles, holding three out for validation costs the network a quarter of
+what it could learn from (on everest-west the third training row was worth as much MCC as the whole
+choice of epoch and threshold: benchmarks/RESULTS.md). Validation is still needed to choose when to
+stop and where to threshold, so the run is made twice: first the ordinary run, kept whole in
+``RUN_DIR/validation-run`` (its history, figures, model and scores), then a fresh network trained
+on its training and validation tiles together for the epochs that run's best model had trained,
+with the same seed, schedule (the cosine's length is still ``--epochs``), epoch size, encoder and
+augmentation, so that it follows the same path with more to learn from.
+
+The refitted network is the run's ``model.keras`` and ``model.pth``, with the validated decision
+threshold (or ``--threshold``). Nothing is left to score it on honestly, so the run's
+``metrics.json`` holds the validated run's scores, marked with ``refit_epochs``; the band
+statistics are recomputed over all the tiles it learns from, and ``split.json`` lists them all as
+training tiles.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from keras_glacier.errors import InputError
+from keras_glacier.fileio import save_keras_model, write_json
+from keras_glacier.training.config import AUTO, TrainConfig
+from keras_glacier.training.run_folder import (
+    CONFIG_FILE,
+    METRICS_FILE,
+    RunResult,
+    finished_run,
+    print_table,
+    read_run_facts,
+    write_run_facts,
+)
+
+#: ``RUN_DIR/validation-run``: the ordinary run that chooses the epochs and the threshold.
+VALIDATION_RUN = "validation-run"
+
+
+def validation_run_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / VALIDATION_RUN
+
+
+def best_epoch(history_csv: Path, monitor: str = "val_mcc") -> int:
+    """The 1-based epoch whose model the validated run kept: the first with the best ``monitor``.
+
+    The first, because the checkpoint and early stopping keep an epoch only when it is strictly better.
+    """
+    from keras_glacier.callbacks import read_history
+
+    history = read_history(history_csv) or {}
+    values = [v if v == v else -np.inf for v in history.get(monitor, [])]  # NaN never wins
+    if not values or max(values) == -np.inf:
+        raise InputError(f"{history_csv}: no {monitor} in the validated run's history, so the epochs to refit for "
+                         "are unknown")
+    index = int(np.argmax(values))
+    epochs = history.get("epoch")
+    return int(epochs[index]) + 1 if epochs and len(epochs) == len(values) else index + 1
+
+
+def refit_settings(config: TrainConfig, validated: RunResult, facts: dict, train_tiles: int) -> TrainConfig:
+    """The settings of the refit: the validated run's, with what it resolved from its tile count fixed.
+
+    ``auto`` choices that follow the number of training tiles (encoder, epoch size, affine
+    augmentation) would change with the validation tiles added; they are pinned to the validated
+    run's so that the refit trains the network that validation judged.
+    """
+    from keras_glacier.training.data import resolved_affine
+
+    threshold = validated.threshold if config.threshold == AUTO else config.threshold
+    return dataclasses.replace(config, refit=False, encoder=facts["encoder"],
+                               samples_per_epoch=int(facts["samples_per_epoch"]),
+                               affine=resolved_affine(config, train_tiles),
+                               threshold=AUTO if threshold is None else float(threshold))
+
+
+def train_refit(config: TrainConfig, run_dir: Path, resume: bool, callbacks: Sequence = ()) -> RunResult:
+    """The validated run (or on resume the one already finished), then the refit into ``run_dir``."""
+    from keras_glacier.training.fit import train_one
+
+    done = finished_run(run_dir, config) if resume else None
+    if done is not None and "refit_epochs" in done.metrics:
+        print(f"refit: the run in {run_dir} finished before (its refitted network trained "
+              f"{done.metrics['refit_epochs']} epochs)", flush=True)
+        return done
+    validated_dir = validation_run_dir(run_dir)
+    first = dataclasses.replace(config, refit=False, export=False, out=str(validated_dir))
+    validated = finished_run(validated_dir, first) if resume else None
+    if validated is None:
+        again = resume and (validated_dir / CONFIG_FILE).is_file()
+        validated = train_one(first, validated_dir, again, callbacks)
+    else:
+        print(f"refit: the validated run in {validated_dir} finished before", flush=True)
+    return refit(config, run_dir, validated, resume, callbacks)
+
+
+def refit(config: TrainConfig, run_dir: Path, validated: RunResult, resume: bool = False,
+          callbacks: Sequence = ()) -> RunResult:
+    """Train a fresh network on all of ``validated``'s tiles for its best epoch count; save and export it."""
+    import keras
+
+    from keras_glacier.callbacks import AveragedWeights
+    from keras_glacier.data.dataset import EpochSync
+    from keras_glacier.data.labels import label_summary
+    from keras_glacier.data.split import save_split
+    from keras_glacier.data.stats import BandStats, compute_stats
+    from keras_glacier.training import parallel
+    from keras_glacier.training.data import prepare_data, training_sequence
+    from keras_glacier.training.fit import build_model, class_weights_for, compile_model, export_run, set_up_devices
+
+    validated_dir = validated.run_dir
+    epochs = best_epoch(validated_dir / "history.csv")
+    facts = read_run_facts(validated_dir)
+    source, bands, band_names, train, val, _, _ = prepare_data(
+        TrainConfig.from_run(validated_dir), validated_dir, resume=True)
+    settings = refit_settings(config, validated, facts, len(train))
+    tiles = [*train, *val]
+    devices, precision = set_up_devices(settings)
+    if resume and (run_dir / "stats.json").is_file():
+        stats = BandStats.load(run_dir / "stats.json")
+    else:
+        stats = compute_stats(tiles, bands, seed=settings.seed, band_names=band_names)
+        stats.save(run_dir / "stats.json")
+        save_split(run_dir / "split.json", tiles, [], seed=settings.seed, data=str(source.root),
+                   refit_of=VALIDATION_RUN)
+    summary = label_summary(tiles, bands, source.class_names, source.mask_layout)
+    classes = list(source.class_names)
+    train_seq = training_sequence(settings, run_dir, tiles, stats, bands)
+    threshold = None if settings.threshold == AUTO else float(settings.threshold)
+    own = dict(devices=devices, precision=precision, refit_epochs=epochs, refit_tiles=len(tiles),
+               validated_run=VALIDATION_RUN, **({} if threshold is None else {"threshold": threshold}))
+    write_run_facts(run_dir, **{**{k: v for k, v in facts.items() if k != "threshold"}, **own})
+    where = f"threshold {threshold:.3f}" + (" (validated)" if config.threshold == AUTO else " (--threshold)")
+    print(f"refit: training again on all {len(tiles)} labelled tiles ({len(train)} training + {len(val)} validation) "
+          f"for {epochs} epochs (the validated run's best) of {train_seq.samples_per_epoch} crops, "
+          f"{where if threshold is not None else 'most probable class'}, run folder {run_dir}", flush=True)
+
+    model = build_model(settings, stats, len(bands), band_names, classes, source.class_values, settings.encoder)
+    compile_model(model, settings, len(train_seq), classes, class_weights_for(settings, summary))
+    fitting = [EpochSync(train_seq), parallel.backup_and_restore(run_dir / "backup"),
+           *([AveragedWeights()] if settings.ema > 0 else []),
+           keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=resume)]
+    model.fit(train_seq, epochs=epochs, callbacks=[*fitting, *callbacks], shuffle=False,
+              verbose=2 if not sys.stdout.isatty() else "auto")
+
+    if threshold is not None and hasattr(model, "threshold"):
+        model.threshold = threshold  # saved with the model and carried into model.pth
+    save_keras_model(model, run_dir / "model.keras")
+    metrics = {**validated.metrics, "refit_epochs": epochs, "refit_tiles": len(tiles)}
+    write_json(run_dir / METRICS_FILE, metrics)
+    print_table(f"validated run's scores ({len(val)} validation tiles; the refitted network has seen them)",
+                {k: v for k, v in metrics.items() if isinstance(v, float)})
+    result = RunResult(run_dir, config, metrics, model=run_dir / "model.keras", threshold=threshold)
+    result.validated = validated
+    return export_run(config, result, model)
+
+
+__all__ = ["VALIDATION_RUN", "best_epoch", "refit", "refit_settings", "train_refit", "validation_run_dir"]
