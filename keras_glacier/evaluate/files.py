@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -79,7 +80,10 @@ def select_samples(source: DatasetSource, split: str | Path | None, subset: str 
     train, val = load_split(path, source.samples)
     chosen = {"train": train, "val": val, "all": train + val}[subset]
     if not chosen:
-        raise InputError(f"{path}: the {subset} subset is empty")
+        refit = json.loads(path.read_text(encoding="utf-8")).get("refit_of")
+        why = (f" (a --refit run trains on every tile; evaluate the validated run's model on its own split: "
+               f"{path.parent / refit}/split.json)" if refit else "")
+        raise InputError(f"{path}: the {subset} subset is empty{why}")
     return chosen
 
 

@@ -101,6 +101,18 @@ def test_model_pth_is_the_refitted_network_and_solution_reproduces_it(refit_run)
     np.testing.assert_allclose(torch_prob, keras_prob, atol=1e-4)
 
 
+def test_evaluating_the_refit_run_on_its_validation_tiles_points_to_the_validated_run(refit_run):
+    from keras_glacier.data.sources import discover
+    from keras_glacier.evaluate.files import select_samples
+
+    run_dir, _ = refit_run
+    source = discover(run_dir / VALIDATION_RUN / "demo_data")
+    assert len(select_samples(source, run_dir, "train")) == len(source.samples)
+    with pytest.raises(InputError, match=f"val subset is empty .*{VALIDATION_RUN}/split.json"):
+        select_samples(source, run_dir)
+    assert select_samples(source, run_dir / VALIDATION_RUN)  # the validated run's own split has them
+
+
 def test_resume_keeps_the_validated_run_and_trains_only_the_refit(refit_run, tmp_path):
     run_dir, result = refit_run
     copy = tmp_path / "run"
