@@ -6,8 +6,14 @@ choice of epoch and threshold: benchmarks/RESULTS.md). Validation is still neede
 stop and where to threshold, so the run is made twice: first the ordinary run, kept whole in
 ``RUN_DIR/validation-run`` (its history, figures, model and scores), then a fresh network trained
 on its training and validation tiles together for the epochs that run's best model had trained,
-with the same seed, schedule (the cosine's length is still ``--epochs``), epoch size, encoder and
-augmentation, so that it follows the same path with more to learn from.
+with the same seed, epoch size, encoder and augmentation.
+
+Its learning-rate schedule is its own: the warm-up and the cosine span the refit's epochs, so it
+ends annealed. The validated run's best epoch was picked, among weights still moving at a high
+learning rate when early stopping came early, as the one that happened to validate best; the refit
+has nothing to pick on, and stopping the same schedule at the same epoch draws another such weight
+set blindly (on everest-west the short refits then lost what the third row gave; annealed, they
+kept it: benchmarks/RESULTS.md).
 
 The refitted network is the run's ``model.keras`` and ``model.pth``, with the validated decision
 threshold (or ``--threshold``). Nothing is left to score it on honestly, so the run's
@@ -63,8 +69,10 @@ def best_epoch(history_csv: Path, monitor: str = "val_mcc") -> int:
     return int(epochs[index]) + 1 if epochs and len(epochs) == len(values) else index + 1
 
 
-def refit_settings(config: TrainConfig, validated: RunResult, facts: dict, train_tiles: int) -> TrainConfig:
-    """The settings of the refit: the validated run's, with what it resolved from its tile count fixed.
+def refit_settings(config: TrainConfig, validated: RunResult, facts: dict, train_tiles: int,
+                   epochs: int) -> TrainConfig:
+    """The settings of the refit: the validated run's, for ``epochs`` (the schedule's length too),
+    with what it resolved from its tile count fixed.
 
     ``auto`` choices that follow the number of training tiles (encoder, epoch size, affine
     augmentation) would change with the validation tiles added; they are pinned to the validated
@@ -73,7 +81,7 @@ def refit_settings(config: TrainConfig, validated: RunResult, facts: dict, train
     from keras_glacier.training.data import resolved_affine
 
     threshold = validated.threshold if config.threshold == AUTO else config.threshold
-    return dataclasses.replace(config, refit=False, encoder=facts["encoder"],
+    return dataclasses.replace(config, refit=False, epochs=epochs, encoder=facts["encoder"],
                                samples_per_epoch=int(facts["samples_per_epoch"]),
                                affine=resolved_affine(config, train_tiles),
                                threshold=AUTO if threshold is None else float(threshold))
@@ -118,7 +126,7 @@ def refit(config: TrainConfig, run_dir: Path, validated: RunResult, resume: bool
     facts = read_run_facts(validated_dir)
     source, bands, band_names, train, val, _, _ = prepare_data(
         TrainConfig.from_run(validated_dir), validated_dir, resume=True)
-    settings = refit_settings(config, validated, facts, len(train))
+    settings = refit_settings(config, validated, facts, len(train), epochs)
     tiles = [*train, *val]
     devices, precision = set_up_devices(settings)
     if resume and (run_dir / "stats.json").is_file():
@@ -145,7 +153,7 @@ def refit(config: TrainConfig, run_dir: Path, validated: RunResult, resume: bool
     fitting = [EpochSync(train_seq), parallel.backup_and_restore(run_dir / "backup"),
            *([AveragedWeights()] if settings.ema > 0 else []),
            keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=resume)]
-    model.fit(train_seq, epochs=epochs, callbacks=[*fitting, *callbacks], shuffle=False,
+    model.fit(train_seq, epochs=settings.epochs, callbacks=[*fitting, *callbacks], shuffle=False,
               verbose=2 if not sys.stdout.isatty() else "auto")
 
     if threshold is not None and hasattr(model, "threshold"):

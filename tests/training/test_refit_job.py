@@ -67,6 +67,9 @@ def test_the_refit_trains_on_every_labelled_tile_for_the_validated_best_epoch(re
     facts = json.loads((run_dir / "run.json").read_text())
     assert facts["refit_epochs"] == len(history) and facts["refit_tiles"] == len(split["train"])
     assert facts["samples_per_epoch"] == json.loads((validated / "run.json").read_text())["samples_per_epoch"]
+    # Its warm-up and cosine span its own epochs (it ends annealed), not the validated run's --epochs.
+    schedule = keras.saving.load_model(run_dir / "model.keras").optimizer.get_config()["learning_rate"]["config"]
+    assert schedule["warmup_steps"] + schedule["decay_steps"] == len(history) * facts["steps_per_epoch"]
     # The statistics are the refit's own, over all its tiles, and differ from the validated run's.
     stats, old = BandStats.load(run_dir / "stats.json"), BandStats.load(validated / "stats.json")
     assert not np.allclose(stats.mean, old.mean)
@@ -132,14 +135,16 @@ def test_resume_keeps_the_validated_run_and_trains_only_the_refit(refit_run, tmp
 def test_refit_settings_pin_what_the_validated_run_resolved_from_its_tile_count():
     config = TrainConfig(refit=True, encoder="auto", affine="auto", batch_size=4)
     validated = RunResult(None, config, {}, threshold=0.37)
-    settings = refit_settings(config, validated, {"encoder": "resnet18", "samples_per_epoch": 32}, train_tiles=6)
+    settings = refit_settings(config, validated, {"encoder": "resnet18", "samples_per_epoch": 32}, train_tiles=6,
+                              epochs=7)
     assert (settings.encoder, settings.samples_per_epoch, settings.refit) == ("resnet18", 32, False)
+    assert settings.epochs == 7, "the refit's schedule spans its own epochs"
     assert settings.affine == auto_affine(6, 4) and settings.threshold == pytest.approx(0.37)
     fixed = refit_settings(config.replace(threshold=0.5, affine=0.0), validated,
-                           {"encoder": "resnet34", "samples_per_epoch": 8}, train_tiles=6)
+                           {"encoder": "resnet34", "samples_per_epoch": 8}, train_tiles=6, epochs=3)
     assert (fixed.threshold, fixed.affine) == (0.5, 0.0), "--threshold and --affine given are kept"
     multiclass = refit_settings(config.replace(task="multiclass"), RunResult(None, config, {}),
-                                {"encoder": "resnet34", "samples_per_epoch": 8}, train_tiles=6)
+                                {"encoder": "resnet34", "samples_per_epoch": 8}, train_tiles=6, epochs=3)
     assert multiclass.threshold == "auto"
 
 
