@@ -104,6 +104,17 @@ def test_model_pth_is_the_refitted_network_and_solution_reproduces_it(refit_run)
     np.testing.assert_allclose(torch_prob, keras_prob, atol=1e-4)
 
 
+def test_refit_runs_pack_into_one_ensemble_model_pth(refit_run, tmp_path):
+    """The README's way to ensemble refits: python -m convert RUN_A RUN_B (here a refit and its validated run)."""
+    from convert import convert_models
+
+    run_dir, result = refit_run
+    report = convert_models([run_dir, run_dir / VALIDATION_RUN], tmp_path / "model.pth")
+    assert report.members == 2 and report.max_abs_diff <= report.tolerance
+    content = torch.load(tmp_path / "model.pth", map_location="cpu", weights_only=True)
+    assert content["format"] == "keras-glacier-ensemble/1"
+
+
 def test_evaluating_the_refit_run_on_its_validation_tiles_points_to_the_validated_run(refit_run):
     from keras_glacier.data.sources import discover
     from keras_glacier.evaluate.files import select_samples
