@@ -143,16 +143,17 @@ def refit(config: TrainConfig, run_dir: Path, validated: RunResult, resume: bool
     own = dict(devices=devices, precision=precision, refit_epochs=epochs, refit_tiles=len(tiles),
                validated_run=VALIDATION_RUN, **({} if threshold is None else {"threshold": threshold}))
     write_run_facts(run_dir, **{**{k: v for k, v in facts.items() if k != "threshold"}, **own})
-    where = f"threshold {threshold:.3f}" + (" (validated)" if config.threshold == AUTO else " (--threshold)")
+    decision = ("most probable class" if threshold is None else f"threshold {threshold:.3f} "
+                + ("(validated)" if config.threshold == AUTO else "(--threshold)"))
     print(f"refit: training again on all {len(tiles)} labelled tiles ({len(train)} training + {len(val)} validation) "
           f"for {epochs} epochs (the validated run's best) of {train_seq.samples_per_epoch} crops, "
-          f"{where if threshold is not None else 'most probable class'}, run folder {run_dir}", flush=True)
+          f"{decision}, run folder {run_dir}", flush=True)
 
     model = build_model(settings, stats, len(bands), band_names, classes, source.class_values, settings.encoder)
     compile_model(model, settings, len(train_seq), classes, class_weights_for(settings, summary))
     fitting = [EpochSync(train_seq), parallel.backup_and_restore(run_dir / "backup"),
-           *([AveragedWeights()] if settings.ema > 0 else []),
-           keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=resume)]
+               *([AveragedWeights()] if settings.ema > 0 else []),
+               keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=resume)]
     model.fit(train_seq, epochs=settings.epochs, callbacks=[*fitting, *callbacks], shuffle=False,
               verbose=2 if not sys.stdout.isatty() else "auto")
 

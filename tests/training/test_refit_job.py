@@ -177,3 +177,18 @@ def test_refit_trains_one_network():
         TrainConfig(refit=True, folds=2)
     with pytest.raises(UsageError, match="--refit .* --members"):
         TrainConfig(refit=True, members=2)
+
+
+def test_a_multiclass_refit_keeps_the_argmax_and_exports_its_classes(tmp_path):
+    """No threshold to carry: the refitted K-class network decides by its most probable class."""
+    import keras_glacier
+    from keras_glacier.data.demo import make_demo_dataset
+
+    data = make_demo_dataset(tmp_path / "slices", scenes=3, tiles_per_scene=2, size=32, mask_layout="onehot")
+    result = keras_glacier.train(TrainConfig(data=str(data), out=str(tmp_path / "run"), task="multiclass", epochs=1,
+                                             batch_size=2, workers=1, samples_per_epoch=4, refit=True))
+    facts = json.loads((result.run_dir / "run.json").read_text())
+    assert result.threshold is None and "threshold" not in facts and facts["refit_epochs"] == 1
+    assert facts["class_names"] == ["background", "clean_ice", "debris"]
+    assert result.conversion.max_abs_diff <= result.conversion.tolerance
+    assert keras_glacier.Segmenter.from_run(result.run_dir).model.outputs[0].shape[-1] == 3
