@@ -305,7 +305,7 @@ def held_out_probabilities(run_dir: Path, config, test=None) -> tuple[np.ndarray
     from keras_glacier.training.refit import validation_run_dir
     from keras_glacier.training.threshold import validation_probabilities
 
-    validated = validation_run_dir(run_dir) if getattr(config, "refit", False) else None
+    validated = validation_run_dir(run_dir) if config.refit else None
     _, bands, _, train, val, _, _ = prepare_data(config, run_dir, resume=True)
     stats = BandStats.load(run_dir / "stats.json")
     forward = keras_forward(keras.saving.load_model(run_dir / "model.keras", compile=False))

@@ -102,3 +102,17 @@ def write_band_dataset(root, ids=("02_07", "03_01"), size=(64, 64), channels=5, 
             name = f"{BAND_PREFIXES[(band - 1) % len(BAND_PREFIXES)]}_{tile_id}.tif"
             tifffile.imwrite(folder / name, image[..., band - 1], extratags=GEO_EXTRATAGS if geotags else ())
     return images
+
+
+def assert_solution_reproduces_run(run_dir, size=64, bands=5, atol=1e-4):
+    """solution.py's glacier probability from the run's model.pth equals model.keras's on random tiles."""
+    import keras
+
+    from keras_glacier.inference import keras_forward
+
+    loaded = solution.load_model(str(run_dir / "model.pth"), "cpu")
+    images = np.random.default_rng(1).uniform(0, 1, (1, size, size, bands)).astype("float32")
+    with torch.no_grad():
+        torch_prob = loaded.probabilities(torch.from_numpy(images.transpose(0, 3, 1, 2).copy())).numpy()[:, 0]
+    keras_prob = keras_forward(keras.saving.load_model(run_dir / "model.keras", compile=False))(images)
+    np.testing.assert_allclose(torch_prob, keras_prob, atol=atol)

@@ -125,10 +125,11 @@ class TrainConfig:
         "tile 02_07 is scene 02) instead of a random --val-fraction split", metavar="IDS")
     refit: bool = _setting(
         False, "after the run, train the network again on every labelled tile (training and validation) for the "
-        "number of epochs validation chose, on the same schedule and epoch size, and keep that network as the run's "
-        "model.keras and model.pth, with the validated decision threshold (or --threshold); the validated run stays "
-        "in RUN_DIR/validation-run and its scores are the run's metrics (the refitted network has seen the "
-        "validation tiles, so nothing can score it honestly); costs up to twice the time")
+        "number of epochs validation chose (its warm-up and cosine spanning those epochs), with the same epoch "
+        "size, and keep that network as the run's model.keras and model.pth, with the validated decision "
+        "threshold (or --threshold); the validated run stays in RUN_DIR/validation-run and its scores are the "
+        "run's metrics (the refitted network has seen the validation tiles, so nothing can score it honestly); "
+        "costs up to twice the time")
     seed: int = _setting(0, "seed of the split, sampling, augmentation, initialisation and demo data")
     threshold: str | float = _setting(
         AUTO, "binary decision threshold on the glacier probability: auto = the one with the best MCC on the "

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-import solution
 from keras_glacier import Segmenter, TrainConfig
 from keras_glacier.errors import UsageError
 from keras_glacier.inference import keras_forward
@@ -18,6 +17,7 @@ from keras_glacier.metrics import best_threshold, confusion_counts, scores_from_
 from keras_glacier.model import GlacierDeepLab, GlacierEnsemble
 from keras_glacier.training.data import make_datasets, prepare_data
 from keras_glacier.training.threshold import validation_probabilities
+from tests.solution_fixtures import assert_solution_reproduces_run
 from tests.test_train_cli import TINY, run_cli
 
 
@@ -102,12 +102,7 @@ def test_model_pth_packs_both_members_and_solution_reproduces_the_ensemble(membe
     content = torch.load(run_dir / "model.pth", map_location="cpu", weights_only=True)
     assert content["format"] == "keras-glacier-ensemble/1" and len(content["members"]) == 2
     assert [m["config"]["threshold"] for m in content["members"]] == pytest.approx([result.threshold] * 2)
-    loaded = solution.load_model(str(run_dir / "model.pth"), "cpu")
-    images = np.random.default_rng(1).uniform(0, 1, (1, 64, 64, 5)).astype("float32")
-    with torch.no_grad():
-        torch_prob = loaded.probabilities(torch.from_numpy(images.transpose(0, 3, 1, 2).copy())).numpy()[:, 0]
-    keras_prob = keras_forward(keras.saving.load_model(run_dir / "model.keras", compile=False))(images)
-    np.testing.assert_allclose(torch_prob, keras_prob, atol=1e-4)
+    assert_solution_reproduces_run(run_dir)
 
 
 def test_resume_keeps_finished_members_and_trains_the_missing_one(members_run, tmp_path):

@@ -11,14 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-import solution
 from keras_glacier import Segmenter, TrainConfig
 from keras_glacier.data.sampling import auto_affine
 from keras_glacier.data.stats import BandStats
 from keras_glacier.errors import InputError, UsageError
-from keras_glacier.inference import keras_forward
 from keras_glacier.training.refit import VALIDATION_RUN, best_epoch, refit_settings
 from keras_glacier.training.run_folder import RunResult
+from tests.solution_fixtures import assert_solution_reproduces_run
 from tests.test_train_cli import TINY, run_cli
 
 
@@ -96,12 +95,7 @@ def test_model_pth_is_the_refitted_network_and_solution_reproduces_it(refit_run)
     assert result.model_pth == run_dir / "model.pth" and result.conversion.max_abs_diff <= result.conversion.tolerance
     content = torch.load(run_dir / "model.pth", map_location="cpu", weights_only=True)
     assert content["config"]["threshold"] == pytest.approx(result.threshold)
-    loaded = solution.load_model(str(run_dir / "model.pth"), "cpu")
-    images = np.random.default_rng(1).uniform(0, 1, (1, 64, 64, 5)).astype("float32")
-    with torch.no_grad():
-        torch_prob = loaded.probabilities(torch.from_numpy(images.transpose(0, 3, 1, 2).copy())).numpy()[:, 0]
-    keras_prob = keras_forward(keras.saving.load_model(run_dir / "model.keras", compile=False))(images)
-    np.testing.assert_allclose(torch_prob, keras_prob, atol=1e-4)
+    assert_solution_reproduces_run(run_dir)
 
 
 def test_refit_runs_pack_into_one_ensemble_model_pth(refit_run, tmp_path):
