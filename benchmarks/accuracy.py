@@ -238,13 +238,13 @@ def history_facts(run_dir: Path) -> tuple[int | str, int | str]:
     from keras_glacier.training.members import member_dir
     from keras_glacier.training.refit import validation_run_dir
 
-    if validation_run_dir(run_dir).is_dir():  # --refit: the validated run chose the refit's epochs
-        return history_facts(validation_run_dir(run_dir))
     members = []
     while member_dir(run_dir, len(members)).is_dir():
         members.append(history_facts(member_dir(run_dir, len(members))))
     if members:
         return tuple("+".join(str(facts[i]) for facts in members) for i in (0, 1))
+    if validation_run_dir(run_dir).is_dir():  # --refit: the validated run chose the refit's epochs
+        return history_facts(validation_run_dir(run_dir))
     history = read_history(run_dir / "history.csv") or {}
     mcc = [v if v == v else -1.0 for v in history.get("val_mcc", [])]
     return (len(mcc), int(np.argmax(mcc)) + 1) if mcc else ("", "")

@@ -170,6 +170,12 @@ def test_accuracy_history_facts_of_a_run_and_of_a_members_run(tmp_path):
     refit = history(tmp_path / "refit", ["", ""])  # a --refit run's own history validates nothing
     history(refit / "validation-run", ["0.1", "0.4", "0.2"])
     assert accuracy.history_facts(refit) == (3, 2)
+    # --members 2 --refit: the members' validated runs chose their epochs (validation-run is an ensemble).
+    (tmp_path / "refit-pair" / "validation-run").mkdir(parents=True)
+    for index, val_mcc in ((1, ["0.3", "0.1"]), (2, ["0.1", "0.2", "0.5", "0.4"])):
+        history(tmp_path / "refit-pair" / f"member-{index}", ["", ""])
+        history(tmp_path / "refit-pair" / f"member-{index}" / "validation-run", val_mcc)
+    assert accuracy.history_facts(tmp_path / "refit-pair") == ("2+4", "1+3")
 
 
 def test_accuracy_test_protocol_views_the_data_without_the_held_out_row(tmp_path):

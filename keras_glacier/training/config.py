@@ -129,7 +129,8 @@ class TrainConfig:
         "size, and keep that network as the run's model.keras and model.pth, with the validated decision "
         "threshold (or --threshold); the validated run stays in RUN_DIR/validation-run and its scores are the "
         "run's metrics (the refitted network has seen the validation tiles, so nothing can score it honestly); "
-        "costs up to twice the time")
+        "with --members N every member is refitted and the ensemble's threshold is chosen on the validated "
+        "members' averaged validation probabilities; costs up to twice the time")
     seed: int = _setting(0, "seed of the split, sampling, augmentation, initialisation and demo data")
     threshold: str | float = _setting(
         AUTO, "binary decision threshold on the glacier probability: auto = the one with the best MCC on the "
@@ -201,9 +202,9 @@ class TrainConfig:
                 raise UsageError(f"--val-scenes needs comma-separated scene ids, got {self.val_scenes!r}")
             if self.folds > 1:
                 raise UsageError("--val-scenes fixes one validation split; it cannot be combined with --folds")
-        if self.refit and (self.folds > 1 or self.members > 1):
-            raise UsageError(f"--refit trains one network again on all tiles; it cannot be combined with "
-                             f"{'--folds' if self.folds > 1 else '--members'} (refit each fold or seed as its own run)")
+        if self.refit and self.folds > 1:
+            raise UsageError("--refit cannot be combined with --folds: it trains again on every labelled tile, "
+                             "which leaves no folds apart; refit one split (with --members N for several seeds)")
         if self.folds > 1 and self.members > 1:
             raise UsageError("--members trains its networks on one split and --folds on several; give one of them "
                              "(or pack the folds' runs with python -m convert RUN_A RUN_B ...)")

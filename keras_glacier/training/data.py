@@ -9,6 +9,7 @@ import numpy as np
 
 from keras_glacier.errors import InputError, UsageError
 from keras_glacier.training.config import AUTO, TrainConfig
+from keras_glacier.training.refit import VALIDATION_RUN
 
 
 def resolve_bands(source, spec: str) -> tuple[tuple[int, ...], list[str]]:
@@ -27,6 +28,15 @@ def resolve_bands(source, spec: str) -> tuple[tuple[int, ...], list[str]]:
     return tuple(int(i) for i in selection.indices), list(selection.names)
 
 
+def demo_data_dir(run_dir: Path, part: bool) -> Path:
+    """Where a run's demo data lives: its own folder's ``demo_data``, shared by all parts of a run of
+    several (``part``: a fold or member, one level down) and by a refit's validated run, which is the
+    run folder's ``validation-run`` (so ``RUN/member-1/validation-run`` uses ``RUN/demo_data``)."""
+    top = Path(run_dir)
+    top = top.parent if top.name == VALIDATION_RUN else top
+    return (top.parent if part else top) / "demo_data"
+
+
 def prepare_data(config: TrainConfig, run_dir: Path, resume: bool, fold: tuple[int, int] | None = None,
                  member: tuple[int, int] | None = None):
     """Find the samples, split them by scene, and compute (or on resume reload) the statistics.
@@ -34,7 +44,8 @@ def prepare_data(config: TrainConfig, run_dir: Path, resume: bool, fold: tuple[i
     ``fold`` (index, count) and ``member`` (index, the ensemble's seed) name one part of a run of
     several (``--folds``, ``--members``): its demo data is the parent run's, and an ensemble's
     members split the scenes (and make the demo data) with the ensemble's seed, not their own, so
-    every member holds out the same validation tiles.
+    every member holds out the same validation tiles. A ``--refit`` run's validated run keeps its
+    demo data in the run folder above it (:func:`demo_data_dir`).
 
     With several processes every process computes the same split and statistics (both are
     deterministic from the files and the seed) and only process 0 writes split.json and stats.json;
@@ -51,7 +62,7 @@ def prepare_data(config: TrainConfig, run_dir: Path, resume: bool, fold: tuple[i
     chief = parallel.is_chief()
     split_seed = config.seed if member is None else member[1]
     if config.data is None:
-        demo_dir = (run_dir if fold is None and member is None else run_dir.parent) / "demo_data"
+        demo_dir = demo_data_dir(run_dir, part=fold is not None or member is not None)
         tiles_per_scene = 4
         scenes = max(2, -(-config.demo_tiles // tiles_per_scene))
         first_part = (fold is None or fold[0] == 0) and (member is None or member[0] == 0)

@@ -213,14 +213,14 @@ def train(config: TrainConfig | None = None, *, resume: bool = False, overwrite:
                          "as its own multi-process run")
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / CONFIG_FILE, config.to_dict())  # first, so that an interrupted run of several resumes
+    if config.members > 1:  # with --refit too: every member is refitted
+        from keras_glacier.training.members import train_members
+
+        return train_members(config, run_dir, resume, callbacks)
     if config.refit:
         from keras_glacier.training.refit import train_refit
 
         return train_refit(config, run_dir, resume, callbacks)
-    if config.members > 1:
-        from keras_glacier.training.members import train_members
-
-        return train_members(config, run_dir, resume, callbacks)
     results = []
     for fold in range(config.folds):
         fold_dir = run_dir / f"fold-{fold + 1}"

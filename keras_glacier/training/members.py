@@ -9,6 +9,12 @@ then holds the ensemble: ``model.keras`` (a :class:`~keras_glacier.model.Glacier
 every tool loads like any model), its decision threshold chosen on the averaged flip-TTA validation
 probabilities, ``metrics.json`` of the ensemble, the first member's ``split.json`` and
 ``stats.json``, and ``model.pth`` with all members (solution.py averages them).
+
+With ``--refit`` every member is a refit run (``RUN_DIR/member-i/validation-run`` then its refitted
+network in ``member-i``). The refitted networks have seen the validation tiles, so the ensemble of
+the validated members is made first, complete, in ``RUN_DIR/validation-run`` (its threshold and
+scores on the shared validation tiles), and the run folder's ensemble of the refitted members takes
+that threshold and those scores, as a single ``--refit`` run does.
 """
 
 from __future__ import annotations
@@ -18,9 +24,17 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from keras_glacier.fileio import atomic_write
+from keras_glacier.fileio import atomic_write, save_keras_model, write_json
 from keras_glacier.training.config import TrainConfig
-from keras_glacier.training.run_folder import CONFIG_FILE, RunResult, finished_run, read_run_facts, write_run_facts
+from keras_glacier.training.refit import validation_run_dir
+from keras_glacier.training.run_folder import (
+    CONFIG_FILE,
+    METRICS_FILE,
+    RunResult,
+    finished_run,
+    read_run_facts,
+    write_run_facts,
+)
 
 #: ``RUN_DIR/member-1`` .. ``member-N``.
 MEMBER_PREFIX = "member-"
@@ -53,7 +67,16 @@ def train_members(config: TrainConfig, run_dir: Path, resume: bool, callbacks: S
             continue
         print(f"member {index + 1} of {config.members}: seed {settings.seed}, run folder {path}", flush=True)
         again = resume and (path / CONFIG_FILE).is_file()
-        results.append(train_one(settings, path, again, callbacks, member=(index, config.seed)))
+        if settings.refit:
+            from keras_glacier.training.refit import train_refit
+
+            path.mkdir(parents=True, exist_ok=True)
+            write_json(path / CONFIG_FILE, settings.to_dict())  # first, so that an interrupted member resumes
+            results.append(train_refit(settings, path, again, callbacks, member=(index, config.seed)))
+        else:
+            results.append(train_one(settings, path, again, callbacks, member=(index, config.seed)))
+    if config.refit:
+        return finish_refit_ensemble(config, run_dir, results)
     return finish_ensemble(config, run_dir, results)
 
 
@@ -78,11 +101,7 @@ def finish_ensemble(config: TrainConfig, run_dir: Path, members: list[RunResult]
     metrics = {key: float(scores[key]) for key in BINARY_METRICS if key in scores}
     metrics.update({key: float(value) for key, value in scores.items() if key not in metrics})
 
-    for name in ("split.json", "stats.json"):
-        atomic_write(run_dir / name, lambda tmp, name=name: shutil.copyfile(first / name, tmp))
-    facts = {key: value for key, value in read_run_facts(first).items() if key not in MEMBER_FACTS}
-    write_run_facts(run_dir, **facts, members=len(members),
-                    member_seeds=[int(m.config.seed) for m in members])
+    write_ensemble_files(run_dir, members)
     mcc = ", ".join(f"{m.metrics['mcc']:.4f}" for m in members if "mcc" in m.metrics)
     if mcc:
         print(f"\nmembers' validation MCC at 0.5: {mcc}; the ensemble's: {metrics.get('mcc', float('nan')):.4f}")
@@ -92,4 +111,51 @@ def finish_ensemble(config: TrainConfig, run_dir: Path, members: list[RunResult]
     return result
 
 
-__all__ = ["MEMBER_PREFIX", "finish_ensemble", "member_config", "member_dir", "train_members"]
+def write_ensemble_files(run_dir: Path, members: list[RunResult], **facts) -> None:
+    """The first member's split.json and stats.json, and run.json: the members' shared facts plus ``facts``."""
+    first = members[0].run_dir
+    for name in ("split.json", "stats.json"):
+        atomic_write(run_dir / name, lambda tmp, name=name: shutil.copyfile(first / name, tmp))
+    shared = {key: value for key, value in read_run_facts(first).items() if key not in MEMBER_FACTS}
+    write_run_facts(run_dir, **{**shared, **facts}, members=len(members),
+                    member_seeds=[int(m.config.seed) for m in members])
+
+
+def finish_refit_ensemble(config: TrainConfig, run_dir: Path, members: list[RunResult]) -> RunResult:
+    """``--members N --refit``: the validated members' ensemble in ``RUN_DIR/validation-run`` (threshold,
+    scores), then the refitted members' ensemble in ``run_dir`` with that threshold, saved and exported."""
+    import keras
+
+    from keras_glacier.model import GlacierEnsemble
+    from keras_glacier.training.fit import export_run
+    from keras_glacier.training.run_folder import print_table
+
+    validated_dir = validation_run_dir(run_dir)
+    validated_dir.mkdir(parents=True, exist_ok=True)
+    first = dataclasses.replace(config, refit=False, export=False, out=str(validated_dir))
+    write_json(validated_dir / CONFIG_FILE, first.to_dict())
+    validated_members = [
+        finished_run(validation_run_dir(m.run_dir), TrainConfig.from_run(validation_run_dir(m.run_dir)))
+        for m in members]
+    validated = finish_ensemble(first, validated_dir, validated_members)
+
+    networks = [keras.saving.load_model(m.run_dir / "model.keras", compile=False) for m in members]
+    ensemble = GlacierEnsemble(networks, threshold=validated.threshold)
+    save_keras_model(ensemble, run_dir / "model.keras")
+    epochs = [int(m.metrics["refit_epochs"]) for m in members]
+    tiles = int(members[0].metrics["refit_tiles"])
+    metrics = {**validated.metrics, "refit_epochs": epochs, "refit_tiles": tiles}
+    write_json(run_dir / METRICS_FILE, metrics)
+    write_ensemble_files(run_dir, members, refit_epochs=epochs, refit_tiles=tiles,
+                         validated_run=validated_dir.name,
+                         **({} if validated.threshold is None else {"threshold": validated.threshold}))
+    print_table(f"validated ensemble's scores (the refitted members, trained {'+'.join(map(str, epochs))} epochs on "
+                f"all {tiles} tiles, have seen its validation tiles)",
+                {k: v for k, v in metrics.items() if isinstance(v, float)})
+    result = RunResult(run_dir, config, metrics, model=run_dir / "model.keras", threshold=validated.threshold)
+    result.members, result.validated = members, validated
+    return export_run(config, result, ensemble)
+
+
+__all__ = ["MEMBER_PREFIX", "finish_ensemble", "finish_refit_ensemble", "member_config", "member_dir",
+           "train_members"]

@@ -87,8 +87,13 @@ def refit_settings(config: TrainConfig, validated: RunResult, facts: dict, train
                                threshold=AUTO if threshold is None else float(threshold))
 
 
-def train_refit(config: TrainConfig, run_dir: Path, resume: bool, callbacks: Sequence = ()) -> RunResult:
-    """The validated run (or on resume the one already finished), then the refit into ``run_dir``."""
+def train_refit(config: TrainConfig, run_dir: Path, resume: bool, callbacks: Sequence = (),
+                member: tuple[int, int] | None = None) -> RunResult:
+    """The validated run (or on resume the one already finished), then the refit into ``run_dir``.
+
+    ``member`` (index, the ensemble's seed): ``run_dir`` is that member of a ``--members`` run (see
+    :func:`keras_glacier.training.data.prepare_data`).
+    """
     from keras_glacier.training.fit import train_one
 
     done = finished_run(run_dir, config) if resume else None
@@ -101,14 +106,14 @@ def train_refit(config: TrainConfig, run_dir: Path, resume: bool, callbacks: Seq
     validated = finished_run(validated_dir, first) if resume else None
     if validated is None:
         again = resume and (validated_dir / CONFIG_FILE).is_file()
-        validated = train_one(first, validated_dir, again, callbacks)
+        validated = train_one(first, validated_dir, again, callbacks, member=member)
     else:
         print(f"refit: the validated run in {validated_dir} finished before", flush=True)
-    return refit(config, run_dir, validated, resume, callbacks)
+    return refit(config, run_dir, validated, resume, callbacks, member)
 
 
 def refit(config: TrainConfig, run_dir: Path, validated: RunResult, resume: bool = False,
-          callbacks: Sequence = ()) -> RunResult:
+          callbacks: Sequence = (), member: tuple[int, int] | None = None) -> RunResult:
     """Train a fresh network on all of ``validated``'s tiles for its best epoch count; save and export it."""
     import keras
 
@@ -125,7 +130,7 @@ def refit(config: TrainConfig, run_dir: Path, validated: RunResult, resume: bool
     epochs = best_epoch(validated_dir / "history.csv")
     facts = read_run_facts(validated_dir)
     source, bands, band_names, train, val, _, _ = prepare_data(
-        TrainConfig.from_run(validated_dir), validated_dir, resume=True)
+        TrainConfig.from_run(validated_dir), validated_dir, resume=True, member=member)
     settings = refit_settings(config, validated, facts, len(train), epochs)
     tiles = [*train, *val]
     devices, precision = set_up_devices(settings)

@@ -22,6 +22,8 @@ RUN_FILE = "run.json"
 METRICS_FILE = "metrics.json"
 RUN_FILES = ("model.keras", "model.pth", "best.keras", "stats.json", CONFIG_FILE, RUN_FILE, "split.json",
              METRICS_FILE, "history.csv", "curves.png", "predictions.png")
+#: Folders of the parts of a run of several networks (--folds, --members, --refit's validated run).
+PART_FOLDERS = ("fold-*", "member-*", "validation-run")
 
 
 @dataclass
@@ -61,7 +63,7 @@ def choose_run_dir(config: TrainConfig, resume: bool, overwrite: bool) -> Path:
     if out is not None:
         existing = [name for name in RUN_FILES if (out / name).exists()] + (
             ["backup/"] if (out / "backup").exists() else []) + sorted(
-            f"{p.name}/" for pattern in ("fold-*", "member-*") for p in out.glob(pattern) if p.is_dir())
+            f"{p.name}/" for pattern in PART_FOLDERS for p in out.glob(pattern) if p.is_dir())
         if existing and not overwrite:
             raise UsageError(f"--out {out} already holds a run ({', '.join(existing[:3])}); "
                              "use --resume to continue it, --overwrite to replace it, or another --out")
@@ -69,7 +71,7 @@ def choose_run_dir(config: TrainConfig, resume: bool, overwrite: bool) -> Path:
             for name in RUN_FILES:
                 (out / name).unlink(missing_ok=True)
             shutil.rmtree(out / "backup", ignore_errors=True)
-            for part in [*out.glob("fold-*"), *out.glob("member-*")]:
+            for part in [p for pattern in PART_FOLDERS for p in out.glob(pattern)]:
                 shutil.rmtree(part, ignore_errors=True)
         return out
     base = Path("runs") / (Path(config.data).resolve().name if config.data else "demo")

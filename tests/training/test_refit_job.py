@@ -14,7 +14,7 @@ import torch
 from keras_glacier import Segmenter, TrainConfig
 from keras_glacier.data.sampling import auto_affine
 from keras_glacier.data.stats import BandStats
-from keras_glacier.errors import InputError, UsageError
+from keras_glacier.errors import InputError
 from keras_glacier.training.refit import VALIDATION_RUN, best_epoch, refit_settings
 from keras_glacier.training.run_folder import RunResult
 from tests.solution_fixtures import assert_solution_reproduces_run
@@ -114,7 +114,7 @@ def test_evaluating_the_refit_run_on_its_validation_tiles_points_to_the_validate
     from keras_glacier.evaluate.files import select_samples
 
     run_dir, _ = refit_run
-    source = discover(run_dir / VALIDATION_RUN / "demo_data")
+    source = discover(run_dir / "demo_data")  # the run's demo data, which its validated run read too
     assert len(select_samples(source, run_dir, "train")) == len(source.samples)
     with pytest.raises(InputError, match=f"val subset is empty .*{VALIDATION_RUN}/split.json"):
         select_samples(source, run_dir)
@@ -164,13 +164,6 @@ def test_best_epoch_is_the_first_best_validation_mcc_by_its_epoch_number(tmp_pat
         best_epoch(path)
     with pytest.raises(InputError, match="history.csv"):
         best_epoch(tmp_path / "missing" / "history.csv")
-
-
-def test_refit_trains_one_network():
-    with pytest.raises(UsageError, match="--refit .* --folds"):
-        TrainConfig(refit=True, folds=2)
-    with pytest.raises(UsageError, match="--refit .* --members"):
-        TrainConfig(refit=True, members=2)
 
 
 def test_a_multiclass_refit_keeps_the_argmax_and_exports_its_classes(tmp_path):
