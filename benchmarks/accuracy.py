@@ -259,8 +259,8 @@ def probability_scores(prob: np.ndarray, truth: np.ndarray, threshold: float) ->
             "MCC@0.5": at_half["mcc"], "IoU@0.5": at_half["iou"]}
 
 
-def ensemble_row(variant: str, fold: int, scored: str, members: Sequence[tuple], val_scene: str | None = None
-                 ) -> dict:
+def ensemble_row(variant: str, fold: int, scored: str, members: Sequence[tuple], val_scene: str | None = None,
+                 threshold: float | None = None) -> dict:
     """The row of an ensemble of ``members`` of one fold.
 
     Each member is (seed, held-out probabilities, labels, wall s) and, under the ``test`` protocol,
@@ -268,7 +268,8 @@ def ensemble_row(variant: str, fold: int, scored: str, members: Sequence[tuple],
     ``python -m convert RUN_A RUN_B`` and solution.py do, and the threshold is chosen for MCC on the
     averaged validation map, as a single run chooses its own on its validation tiles: under the
     ``validation`` protocol (no validation maps given) that is the held-out row itself. The wall time
-    is the members' sum: the ensemble costs every member's training.
+    is the members' sum: the ensemble costs every member's training. ``threshold``: the one to decide
+    at instead (:func:`ensemble_threshold`).
     """
     from keras_glacier.metrics.threshold import best_threshold
 
@@ -279,11 +280,23 @@ def ensemble_row(variant: str, fold: int, scored: str, members: Sequence[tuple],
         return np.mean([m[prob_at] for m in members], axis=0), truth
 
     prob, truth = averaged(1, 2, "held-out")
-    chooser = averaged(4, 5, "validation") if len(members[0]) > 4 else (prob, truth)
-    threshold, _ = best_threshold(chooser[1], chooser[0])
+    if threshold is None:
+        chooser = averaged(4, 5, "validation") if len(members[0]) > 4 else (prob, truth)
+        threshold, _ = best_threshold(chooser[1], chooser[0])
     return {"fold": fold, "variant": f"{variant} ensemble", "seed": "+".join(str(m[0]) for m in members),
             "scored": scored, "val": val_scene or scored, "epochs": "", "best": "",
             "wall s": float(sum(m[3] for m in members)), **probability_scores(prob, truth, float(threshold))}
+
+
+def ensemble_threshold(settings: dict) -> float | None:
+    """The threshold ``train --members N`` with these flags decides at, where it is not chosen on the
+    averaged validation map (None): ``--threshold`` when given, 0.5 for refitted networks."""
+    from keras_glacier.training.refit import REFIT_THRESHOLD
+
+    given = settings.get("threshold", "auto")
+    if given != "auto":
+        return float(given)
+    return REFIT_THRESHOLD if settings.get("refit") else None
 
 
 def held_out_probabilities(run_dir: Path, config, test=None) -> tuple[np.ndarray, ...]:
@@ -459,7 +472,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     print(f"[accuracy] {row}", flush=True)
                     members.setdefault((variant, f), []).append((seed, *maps[:2], row["wall s"], *maps[2:]))
                     if len(seeds) > 1 and seed == seeds[-1]:
-                        ensembles.append({**ensemble_row(variant, f, scenes[f], members.pop((variant, f)), val),
+                        ensembles.append({**ensemble_row(variant, f, scenes[f], members.pop((variant, f)), val,
+                                                         threshold=ensemble_threshold(settings)),
                                           **baseline_columns(baselines, f)})
                         print(f"[accuracy] {ensembles[-1]}", flush=True)
                     report([*rows, *ensembles], args, argv, load_start, start, done=len(rows) == total)

@@ -221,6 +221,12 @@ def test_accuracy_ensemble_threshold_is_chosen_on_the_validation_row():
     assert row["MCC@t"] == pytest.approx(scored["MCC@t"])
     with pytest.raises(ValueError, match="different validation pixels"):
         accuracy.ensemble_row("default", 1, "01", [members[0], (*members[1][:5], val_truth[::-1].copy())], "02")
+    # Refitted networks (and a --threshold given) decide at a fixed threshold, as train --members N does.
+    fixed = accuracy.ensemble_row("default", 1, "01", members, "02",
+                                  threshold=accuracy.ensemble_threshold(accuracy.training_settings("--refit")))
+    assert fixed["t"] == 0.5 and fixed["MCC@t"] == pytest.approx(fixed["MCC@0.5"])
+    assert accuracy.ensemble_threshold(accuracy.training_settings("--refit --threshold 0.3")) == 0.3
+    assert accuracy.ensemble_threshold(accuracy.training_settings("--crop 128")) is None
 
 
 def test_accuracy_test_protocol_trains_without_the_held_out_row_and_scores_it(tmp_path):
@@ -268,8 +274,9 @@ def test_accuracy_scores_a_refit_network_on_the_test_row_and_its_validated_run_o
     run_dir = tmp_path / "runs" / "default-seed0-test01-val02"
     validated = run_dir / "validation-run"
     assert json.loads((run_dir / "split.json").read_text())["train_scenes"] == ["00", "02"]
-    assert (row["epochs"], row["best"]) == (1, 1) and row["t"] == pytest.approx(
-        json.loads((validated / "metrics.json").read_text())["threshold"])
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert (row["epochs"], row["best"]) == (1, 1) and row["t"] == metrics["threshold"] == 0.5
+    assert metrics["validated_threshold"] == json.loads((validated / "metrics.json").read_text())["threshold"]
     val_maps = accuracy.held_out_probabilities(validated, TrainConfig.from_run(validated))
     assert all(np.array_equal(a, b) for a, b in zip(maps[2:], val_maps))
     # The test row is scored by the refitted network (with its own statistics), not by the validated one.

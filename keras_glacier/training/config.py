@@ -126,15 +126,16 @@ class TrainConfig:
     refit: bool = _setting(
         False, "after the run, train the network again on every labelled tile (training and validation) for the "
         "number of epochs validation chose (its warm-up and cosine spanning those epochs), with the same epoch "
-        "size, and keep that network as the run's model.keras and model.pth, with the validated decision "
-        "threshold (or --threshold); the validated run stays in RUN_DIR/validation-run and its scores are the "
-        "run's metrics (the refitted network has seen the validation tiles, so nothing can score it honestly); "
-        "with --members N every member is refitted and the ensemble's threshold is chosen on the validated "
-        "members' averaged validation probabilities; costs up to twice the time")
+        "size, and keep that network as the run's model.keras and model.pth, deciding at 0.5 (or --threshold: "
+        "validation's choice was made for another network and one validation set); the validated run stays in "
+        "RUN_DIR/validation-run and its scores are the run's metrics (the refitted network has seen the "
+        "validation tiles, so nothing can score it honestly); with --members N every member is refitted and "
+        "RUN_DIR/validation-run is the validated members' ensemble; costs up to twice the time")
     seed: int = _setting(0, "seed of the split, sampling, augmentation, initialisation and demo data")
     threshold: str | float = _setting(
         AUTO, "binary decision threshold on the glacier probability: auto = the one with the best MCC on the "
-        "validation tiles after training (stored in the model and model.pth), or a number in (0, 1)",
+        "validation tiles after training (stored in the model and model.pth; 0.5 for a --refit network), or a "
+        "number in (0, 1)",
         metavar="auto|T")
     precision: str = _setting(
         AUTO, "keras dtype policy; auto = mixed_bfloat16 on TPUs and GPUs of compute capability 8.0 or newer, "

@@ -14,7 +14,8 @@ With ``--refit`` every member is a refit run (``RUN_DIR/member-i/validation-run`
 network in ``member-i``). The refitted networks have seen the validation tiles, so the ensemble of
 the validated members is made first, complete, in ``RUN_DIR/validation-run`` (its threshold and
 scores on the shared validation tiles), and the run folder's ensemble of the refitted members takes
-that threshold and those scores, as a single ``--refit`` run does.
+those scores and the refit's decision threshold, as a single ``--refit`` run does
+(:func:`keras_glacier.training.refit.refit_threshold`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from pathlib import Path
 
 from keras_glacier.fileio import atomic_write, save_keras_model, write_json
 from keras_glacier.training.config import TrainConfig
-from keras_glacier.training.refit import validation_run_dir
+from keras_glacier.training.refit import refit_metrics, refit_threshold, validation_run_dir
 from keras_glacier.training.run_folder import (
     CONFIG_FILE,
     METRICS_FILE,
@@ -122,8 +123,8 @@ def write_ensemble_files(run_dir: Path, members: list[RunResult], **facts) -> No
 
 
 def finish_refit_ensemble(config: TrainConfig, run_dir: Path, members: list[RunResult]) -> RunResult:
-    """``--members N --refit``: the validated members' ensemble in ``RUN_DIR/validation-run`` (threshold,
-    scores), then the refitted members' ensemble in ``run_dir`` with that threshold, saved and exported."""
+    """``--members N --refit``: the validated members' ensemble in ``RUN_DIR/validation-run`` (its
+    threshold, its scores), then the refitted members' ensemble in ``run_dir``, saved and exported."""
     import keras
 
     from keras_glacier.model import GlacierEnsemble
@@ -139,20 +140,20 @@ def finish_refit_ensemble(config: TrainConfig, run_dir: Path, members: list[RunR
         for m in members]
     validated = finish_ensemble(first, validated_dir, validated_members)
 
+    threshold = refit_threshold(config, validated.threshold)
     networks = [keras.saving.load_model(m.run_dir / "model.keras", compile=False) for m in members]
-    ensemble = GlacierEnsemble(networks, threshold=validated.threshold)
+    ensemble = GlacierEnsemble(networks, threshold=threshold)
     save_keras_model(ensemble, run_dir / "model.keras")
     epochs = [int(m.metrics["refit_epochs"]) for m in members]
     tiles = int(members[0].metrics["refit_tiles"])
-    metrics = {**validated.metrics, "refit_epochs": epochs, "refit_tiles": tiles}
+    metrics = refit_metrics(validated.metrics, threshold, epochs, tiles)
     write_json(run_dir / METRICS_FILE, metrics)
     write_ensemble_files(run_dir, members, refit_epochs=epochs, refit_tiles=tiles,
-                         validated_run=validated_dir.name,
-                         **({} if validated.threshold is None else {"threshold": validated.threshold}))
+                         validated_run=validated_dir.name, **({} if threshold is None else {"threshold": threshold}))
     print_table(f"validated ensemble's scores (the refitted members, trained {'+'.join(map(str, epochs))} epochs on "
                 f"all {tiles} tiles, have seen its validation tiles)",
                 {k: v for k, v in metrics.items() if isinstance(v, float)})
-    result = RunResult(run_dir, config, metrics, model=run_dir / "model.keras", threshold=validated.threshold)
+    result = RunResult(run_dir, config, metrics, model=run_dir / "model.keras", threshold=threshold)
     result.members, result.validated = members, validated
     return export_run(config, result, ensemble)
 

@@ -15,11 +15,11 @@ has nothing to pick on, and stopping the same schedule at the same epoch draws a
 set blindly (on everest-west the short refits then lost what the third row gave; annealed, they
 kept it: benchmarks/RESULTS.md).
 
-The refitted network is the run's ``model.keras`` and ``model.pth``, with the validated decision
-threshold (or ``--threshold``). Nothing is left to score it on honestly, so the run's
-``metrics.json`` holds the validated run's scores, marked with ``refit_epochs``; the band
-statistics are recomputed over all the tiles it learns from, and ``split.json`` lists them all as
-training tiles.
+The refitted network is the run's ``model.keras`` and ``model.pth``. A binary one decides at 0.5
+(or ``--threshold``), not at the threshold validation chose (:func:`refit_threshold` says why).
+Nothing is left to score it on honestly, so the run's ``metrics.json`` holds the validated run's
+scores, marked with ``refit_epochs`` (:func:`refit_metrics`); the band statistics are recomputed
+over all the tiles it learns from, and ``split.json`` lists them all as training tiles.
 """
 
 from __future__ import annotations
@@ -69,6 +69,36 @@ def best_epoch(history_csv: Path, monitor: str = "val_mcc") -> int:
     return int(epochs[index]) + 1 if epochs and len(epochs) == len(values) else index + 1
 
 
+#: A refitted binary network's decision threshold under ``--threshold auto``.
+REFIT_THRESHOLD = 0.5
+
+
+def refit_threshold(config: TrainConfig, validated_threshold: float | None) -> float | None:
+    """The refitted network's decision threshold: ``--threshold`` when given, else 0.5; None (the most
+    probable class) for a multi-class run, whose validated run has no threshold.
+
+    Not the one validation chose: that was chosen for another network (the refit trains on more
+    tiles and anneals over other epochs), on validation tiles that are few and often one scene, where
+    the best threshold follows that scene's glacier share (0.2 for a row with 22% glacier, 0.7 for one
+    with 63%), which new ground does not share. On everest-west rows never seen, 0.5 scored higher
+    than the validated threshold for 11 of 12 refitted networks and for every ensemble of them
+    (benchmarks/RESULTS.md).
+    """
+    if validated_threshold is None:
+        return None
+    return REFIT_THRESHOLD if config.threshold == AUTO else float(config.threshold)
+
+
+def refit_metrics(validated_metrics: dict, threshold: float | None, epochs, tiles: int) -> dict:
+    """A refit run's metrics.json: the validated scores, with ``threshold`` the refit's decision
+    threshold (the one its model uses) and ``validated_threshold`` the one validation chose."""
+    metrics = dict(validated_metrics)
+    if threshold is not None and "threshold" in metrics:
+        metrics["validated_threshold"] = metrics["threshold"]
+        metrics["threshold"] = float(threshold)
+    return {**metrics, "refit_epochs": epochs, "refit_tiles": tiles}
+
+
 def refit_settings(config: TrainConfig, validated: RunResult, facts: dict, train_tiles: int,
                    epochs: int) -> TrainConfig:
     """The settings of the refit: the validated run's, for ``epochs`` (the schedule's length too),
@@ -80,7 +110,7 @@ def refit_settings(config: TrainConfig, validated: RunResult, facts: dict, train
     """
     from keras_glacier.training.data import resolved_affine
 
-    threshold = validated.threshold if config.threshold == AUTO else config.threshold
+    threshold = refit_threshold(config, validated.threshold)
     return dataclasses.replace(config, refit=False, epochs=epochs, encoder=facts["encoder"],
                                samples_per_epoch=int(facts["samples_per_epoch"]),
                                affine=resolved_affine(config, train_tiles),
@@ -149,7 +179,8 @@ def refit(config: TrainConfig, run_dir: Path, validated: RunResult, resume: bool
                validated_run=VALIDATION_RUN, **({} if threshold is None else {"threshold": threshold}))
     write_run_facts(run_dir, **{**{k: v for k, v in facts.items() if k != "threshold"}, **own})
     decision = ("most probable class" if threshold is None else f"threshold {threshold:.3f} "
-                + ("(validated)" if config.threshold == AUTO else "(--threshold)"))
+                + (f"(the validated run's {validated.threshold:.3f} was chosen for its own network)"
+                   if config.threshold == AUTO else "(--threshold)"))
     print(f"refit: training again on all {len(tiles)} labelled tiles ({len(train)} training + {len(val)} validation) "
           f"for {epochs} epochs (the validated run's best) of {train_seq.samples_per_epoch} crops, "
           f"{decision}, run folder {run_dir}", flush=True)
@@ -165,7 +196,7 @@ def refit(config: TrainConfig, run_dir: Path, validated: RunResult, resume: bool
     if threshold is not None and hasattr(model, "threshold"):
         model.threshold = threshold  # saved with the model and carried into model.pth
     save_keras_model(model, run_dir / "model.keras")
-    metrics = {**validated.metrics, "refit_epochs": epochs, "refit_tiles": len(tiles)}
+    metrics = refit_metrics(validated.metrics, threshold, epochs, len(tiles))
     write_json(run_dir / METRICS_FILE, metrics)
     print_table(f"validated run's scores ({len(val)} validation tiles; the refitted network has seen them)",
                 {k: v for k, v in metrics.items() if isinstance(v, float)})
@@ -174,4 +205,5 @@ def refit(config: TrainConfig, run_dir: Path, validated: RunResult, resume: bool
     return export_run(config, result, model)
 
 
-__all__ = ["VALIDATION_RUN", "best_epoch", "refit", "refit_settings", "train_refit", "validation_run_dir"]
+__all__ = ["REFIT_THRESHOLD", "VALIDATION_RUN", "best_epoch", "refit", "refit_metrics", "refit_settings",
+           "refit_threshold", "train_refit", "validation_run_dir"]

@@ -78,15 +78,17 @@ def test_the_refit_trains_on_every_labelled_tile_for_the_validated_best_epoch(re
     assert not np.array_equal(model.get_weights()[-1], first.get_weights()[-1]), "a fresh network is trained"
 
 
-def test_the_refit_keeps_the_validated_threshold_and_scores(refit_run):
+def test_the_refit_decides_at_one_half_and_keeps_the_validated_scores(refit_run):
     run_dir, result = refit_run
     validated = json.loads((run_dir / VALIDATION_RUN / "metrics.json").read_text())
-    assert 0.0 < validated["threshold"] < 1.0
-    assert result.threshold == pytest.approx(validated["threshold"])
-    assert json.loads((run_dir / "run.json").read_text())["threshold"] == pytest.approx(validated["threshold"])
-    assert Segmenter.from_run(run_dir).threshold == pytest.approx(validated["threshold"])
+    assert 0.0 < validated["threshold"] < 1.0 and validated["threshold"] != 0.5
+    assert result.threshold == 0.5 and json.loads((run_dir / "run.json").read_text())["threshold"] == 0.5
+    assert Segmenter.from_run(run_dir).threshold == 0.5
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert {k: v for k, v in metrics.items() if not k.startswith("refit_")} == validated
+    assert (metrics["threshold"], metrics["validated_threshold"]) == (0.5, validated["threshold"])
+    marks = ("threshold", "validated_threshold", "refit_epochs", "refit_tiles")
+    unmarked = {k: v for k, v in metrics.items() if k not in marks}
+    assert unmarked == {k: v for k, v in validated.items() if k not in marks}
     assert metrics["refit_epochs"] == validated_best_epoch(run_dir / VALIDATION_RUN) and metrics == result.metrics
 
 
@@ -144,10 +146,10 @@ def test_refit_settings_pin_what_the_validated_run_resolved_from_its_tile_count(
                               epochs=7)
     assert (settings.encoder, settings.samples_per_epoch, settings.refit) == ("resnet18", 32, False)
     assert settings.epochs == 7, "the refit's schedule spans its own epochs"
-    assert settings.affine == auto_affine(6, 4) and settings.threshold == pytest.approx(0.37)
-    fixed = refit_settings(config.replace(threshold=0.5, affine=0.0), validated,
+    assert settings.affine == auto_affine(6, 4) and settings.threshold == 0.5, "not the validated 0.37"
+    fixed = refit_settings(config.replace(threshold=0.3, affine=0.0), validated,
                            {"encoder": "resnet34", "samples_per_epoch": 8}, train_tiles=6, epochs=3)
-    assert (fixed.threshold, fixed.affine) == (0.5, 0.0), "--threshold and --affine given are kept"
+    assert (fixed.threshold, fixed.affine) == (0.3, 0.0), "--threshold and --affine given are kept"
     multiclass = refit_settings(config.replace(task="multiclass"), RunResult(None, config, {}),
                                 {"encoder": "resnet34", "samples_per_epoch": 8}, train_tiles=6, epochs=3)
     assert multiclass.threshold == "auto"
