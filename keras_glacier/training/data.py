@@ -9,7 +9,7 @@ import numpy as np
 
 from keras_glacier.errors import InputError, UsageError
 from keras_glacier.training.config import AUTO, TrainConfig
-from keras_glacier.training.refit import VALIDATION_RUN
+from keras_glacier.training.run_folder import VALIDATION_RUN
 
 
 def resolve_bands(source, spec: str) -> tuple[tuple[int, ...], list[str]]:

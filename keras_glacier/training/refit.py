@@ -37,15 +37,13 @@ from keras_glacier.training.config import AUTO, TrainConfig
 from keras_glacier.training.run_folder import (
     CONFIG_FILE,
     METRICS_FILE,
+    VALIDATION_RUN,
     RunResult,
     finished_run,
     print_table,
     read_run_facts,
     write_run_facts,
 )
-
-#: ``RUN_DIR/validation-run``: the ordinary run that chooses the epochs and the threshold.
-VALIDATION_RUN = "validation-run"
 
 
 def validation_run_dir(run_dir: str | Path) -> Path:

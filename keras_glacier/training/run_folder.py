@@ -22,8 +22,10 @@ RUN_FILE = "run.json"
 METRICS_FILE = "metrics.json"
 RUN_FILES = ("model.keras", "model.pth", "best.keras", "stats.json", CONFIG_FILE, RUN_FILE, "split.json",
              METRICS_FILE, "history.csv", "curves.png", "predictions.png")
+#: ``RUN_DIR/validation-run``: a ``--refit`` run's validated run, which chose its epochs.
+VALIDATION_RUN = "validation-run"
 #: Folders of the parts of a run of several networks (--folds, --members, --refit's validated run).
-PART_FOLDERS = ("fold-*", "member-*", "validation-run")
+PART_FOLDERS = ("fold-*", "member-*", VALIDATION_RUN)
 
 
 @dataclass
