@@ -7,6 +7,7 @@ that the probabilities vary across the tile and about half of the pixels are gla
 """
 
 import numpy as np
+import pytest
 import tifffile
 import torch
 
@@ -116,3 +117,10 @@ def assert_solution_reproduces_run(run_dir, size=64, bands=5, atol=1e-4):
         torch_prob = loaded.probabilities(torch.from_numpy(images.transpose(0, 3, 1, 2).copy())).numpy()[:, 0]
     keras_prob = keras_forward(keras.saving.load_model(run_dir / "model.keras", compile=False))(images)
     np.testing.assert_allclose(torch_prob, keras_prob, atol=atol)
+
+
+def assert_ensemble_pth(run_dir, members: int, threshold: float) -> None:
+    """The run's model.pth is an ensemble of ``members`` networks, each carrying the run's ``threshold``."""
+    content = torch.load(run_dir / "model.pth", map_location="cpu", weights_only=True)
+    assert content["format"] == "keras-glacier-ensemble/1" and len(content["members"]) == members
+    assert [m["config"]["threshold"] for m in content["members"]] == pytest.approx([threshold] * members)

@@ -27,12 +27,13 @@ from pathlib import Path
 
 from keras_glacier.fileio import atomic_write, save_keras_model, write_json
 from keras_glacier.training.config import TrainConfig
-from keras_glacier.training.refit import refit_metrics, refit_threshold, validation_run_dir
+from keras_glacier.training.refit import refit_metrics, refit_threshold, train_refit, validation_run_dir
 from keras_glacier.training.run_folder import (
     CONFIG_FILE,
     METRICS_FILE,
     RunResult,
     finished_run,
+    print_table,
     read_run_facts,
     write_run_facts,
 )
@@ -69,8 +70,6 @@ def train_members(config: TrainConfig, run_dir: Path, resume: bool, callbacks: S
         print(f"member {index + 1} of {config.members}: seed {settings.seed}, run folder {path}", flush=True)
         again = resume and (path / CONFIG_FILE).is_file()
         if settings.refit:
-            from keras_glacier.training.refit import train_refit
-
             path.mkdir(parents=True, exist_ok=True)
             write_json(path / CONFIG_FILE, settings.to_dict())  # first, so that an interrupted member resumes
             results.append(train_refit(settings, path, again, callbacks, member=(index, config.seed)))
@@ -129,7 +128,6 @@ def finish_refit_ensemble(config: TrainConfig, run_dir: Path, members: list[RunR
 
     from keras_glacier.model import GlacierEnsemble
     from keras_glacier.training.fit import export_run
-    from keras_glacier.training.run_folder import print_table
 
     validated_dir = validation_run_dir(run_dir)
     validated_dir.mkdir(parents=True, exist_ok=True)

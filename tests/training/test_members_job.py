@@ -8,7 +8,6 @@ import shutil
 import keras
 import numpy as np
 import pytest
-import torch
 
 from keras_glacier import Segmenter, TrainConfig
 from keras_glacier.errors import UsageError
@@ -17,7 +16,7 @@ from keras_glacier.metrics import best_threshold, confusion_counts, scores_from_
 from keras_glacier.model import GlacierDeepLab, GlacierEnsemble
 from keras_glacier.training.data import make_datasets, prepare_data
 from keras_glacier.training.threshold import validation_probabilities
-from tests.solution_fixtures import assert_solution_reproduces_run
+from tests.solution_fixtures import assert_ensemble_pth, assert_solution_reproduces_run
 from tests.test_train_cli import TINY, run_cli
 
 
@@ -99,9 +98,7 @@ def test_predictions_of_the_run_are_the_members_average(members_run):
 
 def test_model_pth_packs_both_members_and_solution_reproduces_the_ensemble(members_run):
     run_dir, result = members_run
-    content = torch.load(run_dir / "model.pth", map_location="cpu", weights_only=True)
-    assert content["format"] == "keras-glacier-ensemble/1" and len(content["members"]) == 2
-    assert [m["config"]["threshold"] for m in content["members"]] == pytest.approx([result.threshold] * 2)
+    assert_ensemble_pth(run_dir, 2, result.threshold)
     assert_solution_reproduces_run(run_dir)
 
 

@@ -10,14 +10,13 @@ import shutil
 import keras
 import numpy as np
 import pytest
-import torch
 
 from keras_glacier import TrainConfig
 from keras_glacier.errors import UsageError
 from keras_glacier.metrics import best_threshold
 from keras_glacier.model import GlacierEnsemble
 from keras_glacier.training.refit import VALIDATION_RUN
-from tests.solution_fixtures import assert_solution_reproduces_run
+from tests.solution_fixtures import assert_ensemble_pth, assert_solution_reproduces_run
 from tests.test_train_cli import TINY, run_cli
 from tests.training.test_members_job import member_validation
 
@@ -108,9 +107,7 @@ def test_the_run_is_the_refitted_members_ensemble_deciding_at_one_half(refit_mem
 
 def test_model_pth_packs_the_refitted_members_and_solution_reproduces_them(refit_members_run):
     run_dir, result = refit_members_run
-    content = torch.load(run_dir / "model.pth", map_location="cpu", weights_only=True)
-    assert content["format"] == "keras-glacier-ensemble/1" and len(content["members"]) == 2
-    assert [m["config"]["threshold"] for m in content["members"]] == pytest.approx([result.threshold] * 2)
+    assert_ensemble_pth(run_dir, 2, result.threshold)
     assert result.conversion.max_abs_diff <= result.conversion.tolerance
     assert_solution_reproduces_run(run_dir)
 
