@@ -29,6 +29,8 @@ LOSSES = ("bce_dice", "focal", "tversky", "lovasz")
 CLASS_WEIGHTS = ("none", "auto")
 DISTRIBUTIONS = ("none", "data_parallel")
 AUTO = "auto"
+#: ``--refit-epochs best``: the validated run's best epoch count, nothing added.
+BEST = "best"
 #: ``--encoder`` values: auto (keras_glacier.data.sampling.auto_encoder) or an encoder name.
 ENCODER_CHOICES = (AUTO, *ENCODERS)
 
@@ -131,6 +133,11 @@ class TrainConfig:
         "RUN_DIR/validation-run and its scores are the run's metrics (the refitted network has seen the "
         "validation tiles, so nothing can score it honestly); with --members N every member is refitted and "
         "RUN_DIR/validation-run is the validated members' ensemble; costs up to twice the time")
+    refit_epochs: str | int = _setting(
+        AUTO, "epochs of the --refit network: best = the validated run's best epoch; auto = that, but at least "
+        "half of --epochs (a best epoch picked early on a few validation tiles is mostly noise, see "
+        "keras_glacier.training.refit.refit_epoch_count); or a whole number",
+        metavar="auto|best|N")
     seed: int = _setting(0, "seed of the split, sampling, augmentation, initialisation and demo data")
     threshold: str | float = _setting(
         AUTO, "binary decision threshold on the glacier probability: auto = the one with the best MCC on the "
@@ -179,6 +186,7 @@ class TrainConfig:
             self.bands = ",".join(str(int(b)) for b in self.bands)
         self.threshold = parse_threshold(self.threshold)
         self.affine = parse_affine(self.affine)
+        self.refit_epochs = parse_refit_epochs(self.refit_epochs)
         self.check()
 
     # ----------------------------------------------------------------------------------- checks
@@ -258,6 +266,8 @@ class TrainConfig:
                 values[new] = not saved[old]
         if "affine" not in values:  # runs from before --affine turned crops by quarter turns only
             values["affine"] = 0.0
+        if "refit_epochs" not in values:  # refit runs from before --refit-epochs trained the best epoch count
+            values["refit_epochs"] = BEST
         if "encoder" not in values:  # runs from before --encoder had a ResNet-34
             values["encoder"] = "resnet34"
         if isinstance(values.get("bands"), list):  # channel numbers, as older runs saved them
@@ -338,8 +348,21 @@ def parse_affine(value: Any) -> str | float:
                            "between 0 and 1")
 
 
-#: Fields given as ``auto`` or a number: their parser (argparse ``type=`` and field normaliser).
-AUTO_OR_NUMBER = {"threshold": parse_threshold, "affine": parse_affine}
+def parse_refit_epochs(value: Any) -> str | int:
+    """``--refit-epochs``: ``"auto"``, ``"best"`` or a whole number of at least 1."""
+    if isinstance(value, str) and value.strip().lower() in (AUTO, BEST):
+        return value.strip().lower()
+    try:
+        number = int(str(value).strip()) if not isinstance(value, (bool, float)) else None
+    except ValueError:
+        number = None
+    if number is None or number < 1:
+        raise UsageError(f"--refit-epochs takes 'auto', 'best' or a whole number of at least 1, got {value!r}")
+    return number
+
+
+#: Fields given as a word (``auto``) or a number: their parser (argparse ``type=`` and field normaliser).
+AUTO_OR_NUMBER = {"threshold": parse_threshold, "affine": parse_affine, "refit_epochs": parse_refit_epochs}
 
 
 def scene_list(text: str) -> list[str]:

@@ -5,7 +5,8 @@ what it could learn from (on everest-west the third training row was worth as mu
 choice of epoch and threshold: benchmarks/RESULTS.md). Validation is still needed to choose when to
 stop and where to threshold, so the run is made twice: first the ordinary run, kept whole in
 ``RUN_DIR/validation-run`` (its history, figures, model and scores), then a fresh network trained
-on its training and validation tiles together for the epochs that run's best model had trained,
+on its training and validation tiles together for the epochs that run's best model had trained
+(at least half of ``--epochs`` unless ``--refit-epochs`` says otherwise: :func:`refit_epoch_count`),
 with the same seed, epoch size, encoder and augmentation.
 
 Its learning-rate schedule is its own: the warm-up and the cosine span the refit's epochs, so it
@@ -25,6 +26,7 @@ over all the tiles it learns from, and ``split.json`` lists them all as training
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,7 +35,7 @@ import numpy as np
 
 from keras_glacier.errors import InputError
 from keras_glacier.fileio import save_keras_model, write_json
-from keras_glacier.training.config import AUTO, TrainConfig
+from keras_glacier.training.config import AUTO, BEST, TrainConfig
 from keras_glacier.training.run_folder import (
     CONFIG_FILE,
     METRICS_FILE,
@@ -67,8 +69,39 @@ def best_epoch(history_csv: Path, monitor: str = "val_mcc") -> int:
     return int(epochs[index]) + 1 if epochs and len(epochs) == len(values) else index + 1
 
 
+#: ``--refit-epochs auto``: the refit trains at least this fraction of ``--epochs``.
+REFIT_EPOCH_FLOOR = 0.5
+
+
+def refit_epoch_count(config: TrainConfig, best: int) -> int:
+    """How many epochs the refit trains, given the validated run's best epoch (``--refit-epochs``).
+
+    ``auto``: the best epoch, but at least half of ``--epochs``. Why a floor: with a few validation
+    tiles the validation MCC swings by tenths from one epoch to the next, so a best epoch found early
+    (7 of 40, after which patience ended the run) says less about when the network has learned than
+    about one lucky epoch, and the plain run kept that epoch's weights because they validated well,
+    which the refit cannot check. On everest-west rows never seen, refits of 7-10 epochs lost to the
+    plain run on the row where they were shortest; given at least 20, they gained on 6 of the 7 runs
+    that changed (benchmarks/RESULTS.md). A best epoch past the floor is kept as it is.
+    """
+    if config.refit_epochs == BEST:
+        return best
+    if config.refit_epochs == AUTO:
+        return max(best, math.ceil(config.epochs * REFIT_EPOCH_FLOOR))
+    return int(config.refit_epochs)
+
+
 #: A refitted binary network's decision threshold under ``--threshold auto``.
 REFIT_THRESHOLD = 0.5
+
+
+def epoch_reason(config: TrainConfig, best: int, epochs: int) -> str:
+    """Why the refit trains ``epochs`` epochs, for its log line."""
+    if epochs == best:
+        return "the validated run's best"
+    if config.refit_epochs == AUTO:
+        return f"the validated run's best was {best}; --refit-epochs auto trains at least half of --epochs"
+    return f"--refit-epochs; the validated run's best was {best}"
 
 
 def refit_threshold(config: TrainConfig, validated_threshold: float | None) -> float | None:
@@ -155,7 +188,8 @@ def refit(config: TrainConfig, run_dir: Path, validated: RunResult, resume: bool
     from keras_glacier.training.fit import build_model, class_weights_for, compile_model, export_run, set_up_devices
 
     validated_dir = validated.run_dir
-    epochs = best_epoch(validated_dir / "history.csv")
+    best = best_epoch(validated_dir / "history.csv")
+    epochs = refit_epoch_count(config, best)
     facts = read_run_facts(validated_dir)
     source, bands, band_names, train, val, _, _ = prepare_data(
         TrainConfig.from_run(validated_dir), validated_dir, resume=True, member=member)
@@ -180,7 +214,7 @@ def refit(config: TrainConfig, run_dir: Path, validated: RunResult, resume: bool
                 + (f"(the validated run's {validated.threshold:.3f} was chosen for its own network)"
                    if config.threshold == AUTO else "(--threshold)"))
     print(f"refit: training again on all {len(tiles)} labelled tiles ({len(train)} training + {len(val)} validation) "
-          f"for {epochs} epochs (the validated run's best) of {train_seq.samples_per_epoch} crops, "
+          f"for {epochs} epochs ({epoch_reason(config, best, epochs)}) of {train_seq.samples_per_epoch} crops, "
           f"{decision}, run folder {run_dir}", flush=True)
 
     model = build_model(settings, stats, len(bands), band_names, classes, source.class_values, settings.encoder)

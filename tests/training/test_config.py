@@ -73,6 +73,8 @@ def test_older_config_json_keeps_loading(tmp_path):
     ({"aspp_rates": "2,4"}, "--aspp-rates"), ({"aspp_rates": "0,2,4"}, "--aspp-rates"),
     ({"aspp_rates": "two,4,6"}, "--aspp-rates"), ({"affine": 1.5}, "--affine"), ({"affine": -0.1}, "--affine"),
     ({"affine": "often"}, "--affine"), ({"encoder": "resnet50"}, "--encoder"),
+    ({"refit_epochs": 0}, "--refit-epochs"), ({"refit_epochs": 2.5}, "--refit-epochs"),
+    ({"refit_epochs": "longest"}, "--refit-epochs"), ({"refit_epochs": True}, "--refit-epochs"),
 ])
 def test_bad_values_are_usage_errors_naming_the_flag(changes, flag):
     with pytest.raises(UsageError, match=flag):
@@ -90,6 +92,19 @@ def test_affine_takes_auto_or_a_probability_and_older_runs_had_none():
     # A run saved before the option turned its crops by quarter turns only, and resumes that way.
     assert TrainConfig.from_dict({"epochs": 3}).affine == 0.0
     assert TrainConfig.from_dict(TrainConfig().to_dict()).affine == "auto"
+
+
+def test_refit_epochs_is_auto_best_or_a_count_and_older_runs_refit_the_best_epoch():
+    assert TrainConfig().refit_epochs == "auto" and TrainConfig(refit_epochs=" Best ").refit_epochs == "best"
+    assert TrainConfig(refit_epochs="12").refit_epochs == 12 and TrainConfig(refit_epochs=3).refit_epochs == 3
+    parser = build_parser()
+    assert config_from_args(parser.parse_args(["--refit-epochs", "best"])).refit_epochs == "best"
+    assert config_from_args(parser.parse_args(["--refit-epochs", "20"])).refit_epochs == 20
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--refit-epochs", "many"])
+    # A refit saved before the option trained the validated run's best epoch count, and resumes that way.
+    assert TrainConfig.from_dict({"epochs": 3, "refit": True}).refit_epochs == "best"
+    assert TrainConfig.from_dict(TrainConfig().to_dict()).refit_epochs == "auto"
 
 
 def test_encoder_is_auto_or_a_name_and_older_runs_had_resnet34():

@@ -15,7 +15,7 @@ from keras_glacier import Segmenter, TrainConfig
 from keras_glacier.data.sampling import auto_affine
 from keras_glacier.data.stats import BandStats
 from keras_glacier.errors import InputError
-from keras_glacier.training.refit import VALIDATION_RUN, best_epoch, refit_settings
+from keras_glacier.training.refit import VALIDATION_RUN, best_epoch, refit_epoch_count, refit_settings
 from keras_glacier.training.run_folder import RunResult
 from tests.solution_fixtures import assert_solution_reproduces_run
 from tests.test_train_cli import TINY, run_cli
@@ -53,14 +53,14 @@ def test_the_validated_run_is_a_whole_ordinary_run_in_its_own_folder(refit_run):
     assert json.loads((run_dir / "config.json").read_text())["refit"] is True
 
 
-def test_the_refit_trains_on_every_labelled_tile_for_the_validated_best_epoch(refit_run):
+def test_the_refit_trains_on_every_labelled_tile_for_the_validated_best_epoch_or_half_the_epochs(refit_run):
     run_dir, _ = refit_run
     validated = run_dir / VALIDATION_RUN
     split, before = (json.loads((folder / "split.json").read_text()) for folder in (run_dir, validated))
     assert before["val"], "the validated run holds tiles out"
     assert sorted(split["train"]) == sorted(before["train"] + before["val"]) and split["val"] == []
     history = rows(run_dir / "history.csv")
-    assert len(history) == validated_best_epoch(validated)
+    assert len(history) == max(validated_best_epoch(validated), 2), "--epochs 4: at least 2 (--refit-epochs auto)"
     # Keras' CSVLogger keeps the compiled metrics' val_ columns, empty ("NA"): the refit validates on nothing.
     assert {value for row in history for key, value in row.items() if key.startswith("val_")} <= {"NA"}
     facts = json.loads((run_dir / "run.json").read_text())
@@ -89,7 +89,8 @@ def test_the_refit_decides_at_one_half_and_keeps_the_validated_scores(refit_run)
     marks = ("threshold", "validated_threshold", "refit_epochs", "refit_tiles")
     unmarked = {k: v for k, v in metrics.items() if k not in marks}
     assert unmarked == {k: v for k, v in validated.items() if k not in marks}
-    assert metrics["refit_epochs"] == validated_best_epoch(run_dir / VALIDATION_RUN) and metrics == result.metrics
+    assert metrics["refit_epochs"] == max(validated_best_epoch(run_dir / VALIDATION_RUN), 2)
+    assert metrics == result.metrics
 
 
 def test_model_pth_is_the_refitted_network_and_solution_reproduces_it(refit_run):
@@ -168,6 +169,14 @@ def test_best_epoch_is_the_first_best_validation_mcc_by_its_epoch_number(tmp_pat
         best_epoch(tmp_path / "missing" / "history.csv")
 
 
+def test_refit_epochs_are_the_best_epoch_at_least_half_of_epochs_or_as_given():
+    config = TrainConfig(epochs=40, refit=True)
+    assert [refit_epoch_count(config, best) for best in (1, 7, 19, 20, 21, 40)] == [20, 20, 20, 20, 21, 40]
+    assert refit_epoch_count(config.replace(epochs=5), 1) == 3, "half of an odd count is rounded up"
+    assert [refit_epoch_count(config.replace(refit_epochs="best"), best) for best in (1, 7, 33)] == [1, 7, 33]
+    assert [refit_epoch_count(config.replace(refit_epochs=12), best) for best in (1, 7, 33)] == [12, 12, 12]
+
+
 def test_a_multiclass_refit_keeps_the_argmax_and_exports_its_classes(tmp_path):
     """No threshold to carry: the refitted K-class network decides by its most probable class."""
     import keras_glacier
@@ -175,9 +184,11 @@ def test_a_multiclass_refit_keeps_the_argmax_and_exports_its_classes(tmp_path):
 
     data = make_demo_dataset(tmp_path / "slices", scenes=3, tiles_per_scene=2, size=32, mask_layout="onehot")
     result = keras_glacier.train(TrainConfig(data=str(data), out=str(tmp_path / "run"), task="multiclass", epochs=1,
-                                             batch_size=2, workers=1, samples_per_epoch=4, refit=True))
+                                             batch_size=2, workers=1, samples_per_epoch=4, refit=True,
+                                             refit_epochs=2))
     facts = json.loads((result.run_dir / "run.json").read_text())
-    assert result.threshold is None and "threshold" not in facts and facts["refit_epochs"] == 1
+    assert result.threshold is None and "threshold" not in facts and facts["refit_epochs"] == 2
+    assert len(rows(result.run_dir / "history.csv")) == 2, "--refit-epochs 2 after a 1-epoch validated run"
     assert facts["class_names"] == ["background", "clean_ice", "debris"]
     assert result.conversion.max_abs_diff <= result.conversion.tolerance
     assert keras_glacier.Segmenter.from_run(result.run_dir).model.outputs[0].shape[-1] == 3
