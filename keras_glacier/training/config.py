@@ -135,7 +135,7 @@ class TrainConfig:
         "RUN_DIR/validation-run is the validated members' ensemble; costs up to twice the time")
     refit_epochs: str | int = _setting(
         AUTO, "epochs of the --refit network: best = the validated run's best epoch; auto = that, but at least "
-        "half of --epochs (a best epoch picked early on a few validation tiles is mostly noise, see "
+        "three quarters of --epochs (a best epoch picked early on a few validation tiles is mostly noise, see "
         "keras_glacier.training.refit.refit_epoch_count); or a whole number",
         metavar="auto|best|N")
     seed: int = _setting(0, "seed of the split, sampling, augmentation, initialisation and demo data")

@@ -53,14 +53,14 @@ def test_the_validated_run_is_a_whole_ordinary_run_in_its_own_folder(refit_run):
     assert json.loads((run_dir / "config.json").read_text())["refit"] is True
 
 
-def test_the_refit_trains_on_every_labelled_tile_for_the_validated_best_epoch_or_half_the_epochs(refit_run):
+def test_the_refit_trains_on_every_labelled_tile_for_its_best_epoch_or_three_quarters_of_the_epochs(refit_run):
     run_dir, _ = refit_run
     validated = run_dir / VALIDATION_RUN
     split, before = (json.loads((folder / "split.json").read_text()) for folder in (run_dir, validated))
     assert before["val"], "the validated run holds tiles out"
     assert sorted(split["train"]) == sorted(before["train"] + before["val"]) and split["val"] == []
     history = rows(run_dir / "history.csv")
-    assert len(history) == max(validated_best_epoch(validated), 2), "--epochs 4: at least 2 (--refit-epochs auto)"
+    assert len(history) == max(validated_best_epoch(validated), 3), "--epochs 4: at least 3 (--refit-epochs auto)"
     # Keras' CSVLogger keeps the compiled metrics' val_ columns, empty ("NA"): the refit validates on nothing.
     assert {value for row in history for key, value in row.items() if key.startswith("val_")} <= {"NA"}
     facts = json.loads((run_dir / "run.json").read_text())
@@ -89,7 +89,7 @@ def test_the_refit_decides_at_one_half_and_keeps_the_validated_scores(refit_run)
     marks = ("threshold", "validated_threshold", "refit_epochs", "refit_tiles")
     unmarked = {k: v for k, v in metrics.items() if k not in marks}
     assert unmarked == {k: v for k, v in validated.items() if k not in marks}
-    assert metrics["refit_epochs"] == max(validated_best_epoch(run_dir / VALIDATION_RUN), 2)
+    assert metrics["refit_epochs"] == max(validated_best_epoch(run_dir / VALIDATION_RUN), 3)
     assert metrics == result.metrics
 
 
@@ -169,10 +169,10 @@ def test_best_epoch_is_the_first_best_validation_mcc_by_its_epoch_number(tmp_pat
         best_epoch(tmp_path / "missing" / "history.csv")
 
 
-def test_refit_epochs_are_the_best_epoch_at_least_half_of_epochs_or_as_given():
+def test_refit_epochs_are_the_best_epoch_at_least_three_quarters_of_epochs_or_as_given():
     config = TrainConfig(epochs=40, refit=True)
-    assert [refit_epoch_count(config, best) for best in (1, 7, 19, 20, 21, 40)] == [20, 20, 20, 20, 21, 40]
-    assert refit_epoch_count(config.replace(epochs=5), 1) == 3, "half of an odd count is rounded up"
+    assert [refit_epoch_count(config, best) for best in (1, 7, 29, 30, 31, 40)] == [30, 30, 30, 30, 31, 40]
+    assert refit_epoch_count(config.replace(epochs=5), 1) == 4, "three quarters of 5 is rounded up"
     assert [refit_epoch_count(config.replace(refit_epochs="best"), best) for best in (1, 7, 33)] == [1, 7, 33]
     assert [refit_epoch_count(config.replace(refit_epochs=12), best) for best in (1, 7, 33)] == [12, 12, 12]
 
