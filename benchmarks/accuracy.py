@@ -247,7 +247,9 @@ def history_facts(run_dir: Path) -> tuple[int | str, int | str]:
         return history_facts(validation_run_dir(run_dir))
     history = read_history(run_dir / "history.csv") or {}
     mcc = [v if v == v else -1.0 for v in history.get("val_mcc", [])]
-    return (len(mcc), int(np.argmax(mcc)) + 1) if mcc else ("", "")
+    if not any(v == v for v in history.get("val_mcc", [])):  # --val-fraction 0: epochs run, no best
+        return len(history.get("epoch", [])) or "", ""
+    return len(mcc), int(np.argmax(mcc)) + 1
 
 
 def probability_scores(prob: np.ndarray, truth: np.ndarray, threshold: float) -> dict[str, float]:
@@ -290,12 +292,16 @@ def ensemble_row(variant: str, fold: int, scored: str, members: Sequence[tuple],
 
 def ensemble_threshold(settings: dict) -> float | None:
     """The threshold ``train --members N`` with these flags decides at, where it is not chosen on the
-    averaged validation map (None): ``--threshold`` when given, 0.5 for refitted networks."""
+    averaged validation map (None): ``--threshold`` when given, 0.5 for refitted networks and for
+    networks trained without validation."""
     from keras_glacier.training.refit import REFIT_THRESHOLD
+    from keras_glacier.training.unvalidated import UNVALIDATED_THRESHOLD
 
     given = settings.get("threshold", "auto")
     if given != "auto":
         return float(given)
+    if settings.get("val_fraction") == 0:
+        return UNVALIDATED_THRESHOLD
     return REFIT_THRESHOLD if settings.get("refit") else None
 
 
@@ -307,7 +313,8 @@ def held_out_probabilities(run_dir: Path, config, test=None) -> tuple[np.ndarray
     validation probabilities, validation labels).
 
     A ``--refit`` run's network has trained on the validation tiles, so its validation maps are
-    its validated run's (``RUN_DIR/validation-run``), whose network has not.
+    its validated run's (``RUN_DIR/validation-run``), whose network has not. A run without
+    validation (``--val-fraction 0``) has none: only the test maps.
     """
     import keras
 
@@ -323,7 +330,7 @@ def held_out_probabilities(run_dir: Path, config, test=None) -> tuple[np.ndarray
     stats = BandStats.load(run_dir / "stats.json")
     forward = keras_forward(keras.saving.load_model(run_dir / "model.keras", compile=False))
     maps = ()
-    for samples in ((test,) if test is not None else ()) + (() if validated else (val,)):
+    for samples in ((test,) if test is not None else ()) + (() if validated or not val else (val,)):
         _, seq = make_datasets(config, run_dir, train, list(samples), stats, bands)
         maps += validation_probabilities(forward, seq)
     if validated:
@@ -353,17 +360,21 @@ def run_fold(data: Path, held_out: str, variant: str, seed: int, settings: dict,
     testing = val_scene is not None
     if val_scene == held_out:
         raise ValueError(f"the test protocol validates on another row than the held-out {held_out}, got {val_scene}")
-    val_scene = val_scene if testing else held_out
+    merged = {**settings, **training_settings(VARIANTS[variant])}
+    blind = merged.get("val_fraction") == 0  # every other row trains; nothing validates
+    if blind and not testing:
+        raise ValueError("--val-fraction 0 trains on every row it is given, the held-out one included under the "
+                         "validation protocol: use the test protocol")
+    val_scene = "none" if blind else val_scene if testing else held_out
     run_dir = work / (f"{variant}-seed{seed}-test{held_out}-val{val_scene}" if testing
                       else f"{variant}-seed{seed}-{held_out}")
-    merged = {**settings, **training_settings(VARIANTS[variant])}
     saved = kept_result(run_dir, merged)
     if saved is not None:
         print(f"[accuracy] {run_dir.name}: scored from the kept run in {run_dir}", flush=True)
         return saved
     train_data = data_without(data, held_out, work / f"data-without-{held_out}") if testing else data
-    config = TrainConfig(**{**merged, "data": str(train_data), "out": str(run_dir), "val_scenes": val_scene,
-                            "seed": seed, "export": False})
+    config = TrainConfig(**{**merged, "data": str(train_data), "out": str(run_dir),
+                            "val_scenes": None if blind else val_scene, "seed": seed, "export": False})
     start = time.perf_counter()
     result = train(config, overwrite=True)
     wall = time.perf_counter() - start

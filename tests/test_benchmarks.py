@@ -176,6 +176,7 @@ def test_accuracy_history_facts_of_a_run_and_of_a_members_run(tmp_path):
         history(tmp_path / "refit-pair" / f"member-{index}", ["", ""])
         history(tmp_path / "refit-pair" / f"member-{index}" / "validation-run", val_mcc)
     assert accuracy.history_facts(tmp_path / "refit-pair") == ("2+4", "1+3")
+    assert accuracy.history_facts(history(tmp_path / "blind", ["", "", ""])) == (3, ""), "--val-fraction 0: no best"
 
 
 def test_accuracy_test_protocol_views_the_data_without_the_held_out_row(tmp_path):
@@ -227,6 +228,7 @@ def test_accuracy_ensemble_threshold_is_chosen_on_the_validation_row():
     assert fixed["t"] == 0.5 and fixed["MCC@t"] == pytest.approx(fixed["MCC@0.5"])
     assert accuracy.ensemble_threshold(accuracy.training_settings("--refit --threshold 0.3")) == 0.3
     assert accuracy.ensemble_threshold(accuracy.training_settings("--crop 128")) is None
+    assert accuracy.ensemble_threshold(accuracy.training_settings("--val-fraction 0")) == 0.5
 
 
 def test_accuracy_test_protocol_trains_without_the_held_out_row_and_scores_it(tmp_path):
@@ -287,3 +289,22 @@ def test_accuracy_scores_a_refit_network_on_the_test_row_and_its_validated_run_o
     first = validation_probabilities(keras_forward(keras.saving.load_model(validated / "model.keras")), seq)
     np.testing.assert_array_equal(first[1], maps[1])
     assert not np.allclose(first[0], maps[0])
+
+
+def test_accuracy_without_validation_trains_on_every_other_row_and_scores_the_test_row(tmp_path):
+    """--val-fraction 0: both other rows train, none validates, the held-out row is scored at 0.5."""
+    from keras_glacier.data.demo import make_demo_band_folders
+    from keras_glacier.data.sources import discover, read_sample
+
+    data = make_demo_band_folders(tmp_path / "rows", tiles=6, size=32, seed=0, scenes=3)
+    settings = {"epochs": 1, "batch_size": 2, "workers": 1, "samples_per_epoch": 4, "val_fraction": 0.0}
+    with pytest.raises(ValueError, match="use the test protocol"):
+        accuracy.run_fold(data, "01", "default", 0, settings, tmp_path / "runs")
+    row, maps = accuracy.run_fold(data, "01", "default", 0, settings, tmp_path / "runs", val_scene="02")
+    run_dir = tmp_path / "runs" / "default-seed0-test01-valnone"
+    split = json.loads((run_dir / "split.json").read_text())
+    assert split["train_scenes"] == ["00", "02"] and split["val"] == []
+    assert (row["val"], row["t"], row["epochs"], row["best"]) == ("none", 0.5, 1, "") and len(maps) == 2
+    labels = np.concatenate([read_sample(s, (0,))[1].ravel() for s in discover(data).samples if s.scene_id == "01"])
+    np.testing.assert_array_equal(maps[1], labels)
+    assert row["MCC@t"] == pytest.approx(row["MCC@0.5"])

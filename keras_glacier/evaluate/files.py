@@ -80,9 +80,12 @@ def select_samples(source: DatasetSource, split: str | Path | None, subset: str 
     train, val = load_split(path, source.samples)
     chosen = {"train": train, "val": val, "all": train + val}[subset]
     if not chosen:
-        refit = json.loads(path.read_text(encoding="utf-8")).get("refit_of")
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        refit = saved.get("refit_of")
         why = (f" (a --refit run trains on every tile; evaluate the validated run's model on its own split: "
-               f"{path.parent / refit}/split.json)" if refit else "")
+               f"{path.parent / refit}/split.json)" if refit else
+               " (a --val-fraction 0 run holds no tiles out: evaluate it on labelled tiles it never saw)"
+               if saved.get("val_fraction") == 0 else "")
         raise InputError(f"{path}: the {subset} subset is empty{why}")
     return chosen
 

@@ -113,7 +113,11 @@ class TrainConfig:
         "none", "multiclass: per-class loss weights; auto = inverse square root of the training class "
         "frequencies (for rare classes such as debris)", choices=CLASS_WEIGHTS)
     val_fraction: float = _setting(
-        0.2, "fraction of scenes held out for validation; split by scene, never by tile")
+        0.2, "fraction of scenes held out for validation; split by scene, never by tile. 0: no validation, "
+        "every labelled tile trains for all --epochs (its warm-up and cosine spanning them) and the last "
+        "epoch's network is kept, deciding at 0.5 (or --threshold); for few tiles, where a held-out scene is "
+        "a large share of what there is to learn from and --refit costs a second run (see "
+        "keras_glacier.training.unvalidated)")
     folds: int = _setting(
         1, "train K scene-wise folds into RUN_DIR/fold-1 .. fold-K, each validating on its own scenes (1: one "
         "split by --val-fraction)", metavar="K")
@@ -141,8 +145,8 @@ class TrainConfig:
     seed: int = _setting(0, "seed of the split, sampling, augmentation, initialisation and demo data")
     threshold: str | float = _setting(
         AUTO, "binary decision threshold on the glacier probability: auto = the one with the best MCC on the "
-        "validation tiles after training (stored in the model and model.pth; 0.5 for a --refit network), or a "
-        "number in (0, 1)",
+        "validation tiles after training (stored in the model and model.pth; 0.5 for a --refit network and "
+        "without validation), or a number in (0, 1)",
         metavar="auto|T")
     precision: str = _setting(
         AUTO, "keras dtype policy; auto = mixed_bfloat16 on TPUs and GPUs of compute capability 8.0 or newer, "
@@ -204,8 +208,11 @@ class TrainConfig:
             raise UsageError(f"--crop must be a positive multiple of 16, got {self.crop}")
         if not 0.0 <= self.alpha <= 1.0:
             raise UsageError(f"--alpha must lie in [0, 1], got {self.alpha}")
-        if not 0.0 < self.val_fraction < 1.0:
-            raise UsageError(f"--val-fraction must lie strictly between 0 and 1, got {self.val_fraction}")
+        if isinstance(self.val_fraction, bool) or not (isinstance(self.val_fraction, (int, float))
+                                                        and 0.0 <= self.val_fraction < 1.0):
+            raise UsageError(f"--val-fraction must lie in [0, 1) (0: no validation), got {self.val_fraction!r}")
+        if self.val_fraction == 0:
+            self.check_without_validation()
         if self.val_scenes is not None:
             if not isinstance(self.val_scenes, str) or not scene_list(self.val_scenes):
                 raise UsageError(f"--val-scenes needs comma-separated scene ids, got {self.val_scenes!r}")
@@ -237,6 +244,21 @@ class TrainConfig:
             raise UsageError("--threshold applies to the binary task only (multiclass takes the most probable class)")
         if self.class_weights != "none" and self.task != "multiclass":
             raise UsageError("--class-weights applies to --task multiclass only")
+
+    @property
+    def validates(self) -> bool:
+        """False for ``--val-fraction 0``: every labelled tile trains and nothing is held out."""
+        return self.val_fraction > 0
+
+    def check_without_validation(self) -> None:
+        """``--val-fraction 0`` leaves nothing to validate on: refuse the flags that need validation tiles."""
+        for given, flag, why in (
+                (self.val_scenes is not None, f"--val-scenes {self.val_scenes}", "names validation scenes"),
+                (self.folds > 1, f"--folds {self.folds}", "validates each fold on its own scenes"),
+                (self.refit, "--refit", "trains again after a validated run; without validation every tile "
+                 "already trains")):
+            if given:
+                raise UsageError(f"--val-fraction 0 trains without validation, but {flag} {why}: give one of them")
 
     def check_paths(self) -> None:
         """The files the config names exist (checked when a run starts, not on creation)."""

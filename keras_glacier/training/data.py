@@ -99,7 +99,7 @@ def prepare_data(config: TrainConfig, run_dir: Path, resume: bool, fold: tuple[i
             train, val = split_by_scene(source.samples, config.val_fraction, split_seed)
         else:
             train, val = fold_split(source.samples, *fold, seed=split_seed)
-        if not val:
+        if not val and config.validates:
             raise InputError(f"{root}: only one scene ({train[0].scene_id}), so no scene is left for validation; "
                              "add scenes or tiles from other scenes")
         extra = {} if fold is None else {"fold": fold[0] + 1, "folds": fold[1]}

@@ -182,6 +182,37 @@ def make_callbacks(config: TrainConfig, run_dir: Path, train_seq, val_seq, stats
     ]
 
 
+# ------------------------------------------------------------------------------ run facts, log
+def data_facts(config: TrainConfig, source, bands, band_names, summary, train_seq, encoder: str, devices: int,
+               precision: str, member: tuple[int, int] | None = None) -> dict:
+    """What run.json records of a run's data and set-up (keras_glacier.training.run_folder)."""
+    import keras
+
+    return dict(bands_used=[int(b) for b in bands], band_names=list(band_names),
+                class_names=list(source.class_names), class_values=[int(v) for v in source.class_values],
+                mask_layout=source.mask_layout, label_fractions=summary.fractions(),
+                data_kind=source.kind, data=str(source.root), devices=devices, precision=precision,
+                samples_per_epoch=train_seq.samples_per_epoch, steps_per_epoch=len(train_seq), encoder=encoder,
+                keras_version=keras.__version__, backend=keras.backend.backend(),
+                **({} if member is None else {"member": member[0] + 1, "seed": config.seed}))
+
+
+def print_data_line(source, train_tiles, val, band_names, train_seq, run_dir: Path) -> None:
+    tile = tuple(train_seq.load(0)[0].shape[:2])
+    print(f"data: {source.kind} at {source.root}: {len(train_tiles)} training and {len(val)} validation tiles "
+          f"({len({s.scene_id for s in train_tiles})} / {len({s.scene_id for s in val})} scenes), bands "
+          f"{list(band_names)}, crops {tile[0]}x{tile[1]}, {train_seq.samples_per_epoch} per epoch "
+          f"({len(train_seq)} steps){rotation_note(train_seq)}, run folder {run_dir}", flush=True)
+
+
+def print_model_line(model, encoder: str, precision: str, devices: int) -> None:
+    import keras
+
+    params = model.count_params()
+    print(f"model: {model.name} ({encoder}), {params / 1e6:.2f}M parameters ({params * 4 / 1e6:.1f} MB as float32), "
+          f"precision {precision}, {devices} device(s), backend {keras.backend.backend()}", flush=True)
+
+
 # ----------------------------------------------------------------------------------------- job
 def train(config: TrainConfig | None = None, *, resume: bool = False, overwrite: bool = False,
           callbacks: Sequence = (), **settings) -> RunResult:
@@ -204,13 +235,13 @@ def train(config: TrainConfig | None = None, *, resume: bool = False, overwrite:
     run_dir = choose_run_dir(config, resume, overwrite)
     if resume:
         check_resumed_config(run_dir, config)
-    if config.folds == 1 and config.members == 1 and not config.refit:
+    if config.folds == 1 and config.members == 1 and not config.refit and config.validates:
         return train_one(config, run_dir, resume, callbacks)
     if parallel.process_count() > 1:
         flag = (f"--folds {config.folds}" if config.folds > 1 else f"--members {config.members}" if config.members > 1
-                else "--refit")
-        raise UsageError(f"{flag}: a run of several networks trains in one process only; train each "
-                         "as its own multi-process run")
+                else "--refit" if config.refit else "--val-fraction 0")
+        raise UsageError(f"{flag}: this run trains in one process only; train with validation (and without "
+                         "--folds, --members and --refit) across processes")
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / CONFIG_FILE, config.to_dict())  # first, so that an interrupted run of several resumes
     if config.members > 1:  # with --refit too: every member is refitted
@@ -221,6 +252,10 @@ def train(config: TrainConfig | None = None, *, resume: bool = False, overwrite:
         from keras_glacier.training.refit import train_refit
 
         return train_refit(config, run_dir, resume, callbacks)
+    if not config.validates:
+        from keras_glacier.training.unvalidated import train_unvalidated
+
+        return train_unvalidated(config, run_dir, resume, callbacks)
     results = []
     for fold in range(config.folds):
         fold_dir = run_dir / f"fold-{fold + 1}"
@@ -240,8 +275,6 @@ def train_one(config: TrainConfig, run_dir: Path, resume: bool, extra_callbacks:
     ``fold`` and ``member``: see :func:`keras_glacier.training.data.prepare_data`; a member's
     ``config`` is already its own (its seed, ``out``), as :mod:`keras_glacier.training.members` makes it.
     """
-    import keras
-
     from keras_glacier.callbacks import FigureWriter
 
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -259,25 +292,14 @@ def train_one(config: TrainConfig, run_dir: Path, resume: bool, extra_callbacks:
     train_seq, val_seq = make_datasets(config, run_dir, train_tiles, val, stats, bands)
     encoder = encoder_for(config, len(train_tiles))
     if chief:
-        write_run_facts(run_dir, bands_used=[int(b) for b in bands], band_names=list(band_names),
-                        class_names=classes, class_values=[int(v) for v in source.class_values],
-                        mask_layout=source.mask_layout, label_fractions=summary.fractions(),
-                        data_kind=source.kind, data=str(source.root), devices=devices, precision=precision,
-                        samples_per_epoch=train_seq.samples_per_epoch, steps_per_epoch=len(train_seq), encoder=encoder,
-                        keras_version=keras.__version__, backend=keras.backend.backend(),
+        write_run_facts(run_dir, **data_facts(config, source, bands, band_names, summary, train_seq, encoder,
+                                              devices, precision, member),
                         **({} if processes == 1 else {"processes": processes}),
-                        **({} if fold is None else {"fold": fold[0] + 1, "folds": fold[1]}),
-                        **({} if member is None else {"member": member[0] + 1, "seed": config.seed}))
-    tile = tuple(train_seq.load(0)[0].shape[:2])
-    print(f"data: {source.kind} at {source.root}: {len(train_tiles)} training and {len(val)} validation tiles "
-          f"({len({s.scene_id for s in train_tiles})} / {len({s.scene_id for s in val})} scenes), bands "
-          f"{list(band_names)}, crops {tile[0]}x{tile[1]}, {train_seq.samples_per_epoch} per epoch "
-          f"({len(train_seq)} steps){rotation_note(train_seq)}, run folder {run_dir}", flush=True)
+                        **({} if fold is None else {"fold": fold[0] + 1, "folds": fold[1]}))
+    print_data_line(source, train_tiles, val, band_names, train_seq, run_dir)
 
     model = build_model(config, stats, len(bands), band_names, classes, source.class_values, encoder)
-    params = model.count_params()
-    print(f"model: {model.name} ({encoder}), {params / 1e6:.2f}M parameters ({params * 4 / 1e6:.1f} MB as float32), "
-          f"precision {precision}, {devices} device(s), backend {keras.backend.backend()}", flush=True)
+    print_model_line(model, encoder, precision, devices)
     compile_model(model, config, len(train_seq), classes, weights)
     callbacks = [*make_callbacks(config, run_dir, train_seq, val_seq, stats, resume, classes), *extra_callbacks]
     model.fit(parallel.shard(train_seq), validation_data=parallel.shard(val_seq), epochs=config.epochs,

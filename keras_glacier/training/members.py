@@ -16,6 +16,9 @@ the validated members is made first, complete, in ``RUN_DIR/validation-run`` (it
 scores on the shared validation tiles), and the run folder's ensemble of the refitted members takes
 those scores and the refit's decision threshold, as a single ``--refit`` run does
 (:func:`keras_glacier.training.refit.refit_threshold`).
+
+With ``--val-fraction 0`` every member trains on every labelled tile with no validation
+(:mod:`keras_glacier.training.unvalidated`) and the ensemble decides at 0.5 (or ``--threshold``).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from keras_glacier.training.run_folder import (
     read_run_facts,
     write_run_facts,
 )
+from keras_glacier.training.unvalidated import train_unvalidated, unvalidated_threshold
 
 #: ``RUN_DIR/member-1`` .. ``member-N``.
 MEMBER_PREFIX = "member-"
@@ -73,10 +77,14 @@ def train_members(config: TrainConfig, run_dir: Path, resume: bool, callbacks: S
             path.mkdir(parents=True, exist_ok=True)
             write_json(path / CONFIG_FILE, settings.to_dict())  # first, so that an interrupted member resumes
             results.append(train_refit(settings, path, again, callbacks, member=(index, config.seed)))
+        elif not settings.validates:
+            results.append(train_unvalidated(settings, path, again, callbacks, member=(index, config.seed)))
         else:
             results.append(train_one(settings, path, again, callbacks, member=(index, config.seed)))
     if config.refit:
         return finish_refit_ensemble(config, run_dir, results)
+    if not config.validates:
+        return finish_unvalidated_ensemble(config, run_dir, results)
     return finish_ensemble(config, run_dir, results)
 
 
@@ -124,11 +132,6 @@ def write_ensemble_files(run_dir: Path, members: list[RunResult], **facts) -> No
 def finish_refit_ensemble(config: TrainConfig, run_dir: Path, members: list[RunResult]) -> RunResult:
     """``--members N --refit``: the validated members' ensemble in ``RUN_DIR/validation-run`` (its
     threshold, its scores), then the refitted members' ensemble in ``run_dir``, saved and exported."""
-    import keras
-
-    from keras_glacier.model import GlacierEnsemble
-    from keras_glacier.training.fit import export_run
-
     validated_dir = validation_run_dir(run_dir)
     validated_dir.mkdir(parents=True, exist_ok=True)
     first = dataclasses.replace(config, refit=False, export=False, out=str(validated_dir))
@@ -139,22 +142,49 @@ def finish_refit_ensemble(config: TrainConfig, run_dir: Path, members: list[RunR
     validated = finish_ensemble(first, validated_dir, validated_members)
 
     threshold = refit_threshold(config, validated.threshold)
-    networks = [keras.saving.load_model(m.run_dir / "model.keras", compile=False) for m in members]
-    ensemble = GlacierEnsemble(networks, threshold=threshold)
-    save_keras_model(ensemble, run_dir / "model.keras")
     epochs = [int(m.metrics["refit_epochs"]) for m in members]
     tiles = int(members[0].metrics["refit_tiles"])
     metrics = refit_metrics(validated.metrics, threshold, epochs, tiles)
+    result = save_ensemble(config, run_dir, members, threshold, metrics,
+                           f"validated ensemble's scores (the refitted members, trained {'+'.join(map(str, epochs))} "
+                           f"epochs on all {tiles} tiles, have seen its validation tiles)",
+                           refit_epochs=epochs, refit_tiles=tiles, validated_run=validated_dir.name)
+    result.validated = validated
+    return result
+
+
+def finish_unvalidated_ensemble(config: TrainConfig, run_dir: Path, members: list[RunResult]) -> RunResult:
+    """``--members N --val-fraction 0``: the members' ensemble, deciding at 0.5 (or ``--threshold``), with no
+    scores (nothing was held out): metrics.json holds the members' mean last-epoch training scores."""
+    threshold = unvalidated_threshold(config)
+    keys = [k for k in members[0].metrics if k.startswith("train_") and all(k in m.metrics for m in members)]
+    metrics = {**{k: sum(float(m.metrics[k]) for m in members) / len(members) for k in keys},
+               "epochs": config.epochs, "tiles": int(members[0].metrics["tiles"]),
+               **({} if threshold is None else {"threshold": threshold})}
+    return save_ensemble(config, run_dir, members, threshold, metrics,
+                         f"members' mean last-epoch scores on their training crops ({len(members)} members, "
+                         "no validation tiles: --val-fraction 0)")
+
+
+def save_ensemble(config: TrainConfig, run_dir: Path, members: list[RunResult], threshold: float | None,
+                  metrics: dict, title: str, **facts) -> RunResult:
+    """The ensemble of trained ``members`` deciding at ``threshold``, with ``metrics`` as its scores:
+    model.keras, metrics.json, the shared run files, then model.pth (unless ``--no-export``)."""
+    import keras
+
+    from keras_glacier.model import GlacierEnsemble
+    from keras_glacier.training.fit import export_run
+
+    networks = [keras.saving.load_model(m.run_dir / "model.keras", compile=False) for m in members]
+    ensemble = GlacierEnsemble(networks, threshold=threshold)
+    save_keras_model(ensemble, run_dir / "model.keras")
     write_json(run_dir / METRICS_FILE, metrics)
-    write_ensemble_files(run_dir, members, refit_epochs=epochs, refit_tiles=tiles,
-                         validated_run=validated_dir.name, **({} if threshold is None else {"threshold": threshold}))
-    print_table(f"validated ensemble's scores (the refitted members, trained {'+'.join(map(str, epochs))} epochs on "
-                f"all {tiles} tiles, have seen its validation tiles)",
-                {k: v for k, v in metrics.items() if isinstance(v, float)})
+    write_ensemble_files(run_dir, members, **facts, **({} if threshold is None else {"threshold": threshold}))
+    print_table(title, {k: v for k, v in metrics.items() if isinstance(v, float) and k != "threshold"})
     result = RunResult(run_dir, config, metrics, model=run_dir / "model.keras", threshold=threshold)
-    result.members, result.validated = members, validated
+    result.members = members
     return export_run(config, result, ensemble)
 
 
-__all__ = ["MEMBER_PREFIX", "finish_ensemble", "finish_refit_ensemble", "member_config", "member_dir",
-           "train_members"]
+__all__ = ["MEMBER_PREFIX", "finish_ensemble", "finish_refit_ensemble", "finish_unvalidated_ensemble", "member_config",
+           "member_dir", "save_ensemble", "train_members"]

@@ -27,14 +27,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from keras_glacier.errors import InputError
-from keras_glacier.fileio import save_keras_model, write_json
+from keras_glacier.fileio import write_json
 from keras_glacier.training.config import AUTO, BEST, TrainConfig
 from keras_glacier.training.run_folder import (
     CONFIG_FILE,
@@ -46,6 +45,7 @@ from keras_glacier.training.run_folder import (
     read_run_facts,
     write_run_facts,
 )
+from keras_glacier.training.unvalidated import UNVALIDATED_THRESHOLD, fit_blind
 
 
 def validation_run_dir(run_dir: str | Path) -> Path:
@@ -94,7 +94,7 @@ def refit_epoch_count(config: TrainConfig, best: int) -> int:
 
 
 #: A refitted binary network's decision threshold under ``--threshold auto``.
-REFIT_THRESHOLD = 0.5
+REFIT_THRESHOLD = UNVALIDATED_THRESHOLD
 
 
 def epoch_reason(config: TrainConfig, best: int, epochs: int) -> str:
@@ -178,16 +178,11 @@ def train_refit(config: TrainConfig, run_dir: Path, resume: bool, callbacks: Seq
 def refit(config: TrainConfig, run_dir: Path, validated: RunResult, resume: bool = False,
           callbacks: Sequence = (), member: tuple[int, int] | None = None) -> RunResult:
     """Train a fresh network on all of ``validated``'s tiles for its best epoch count; save and export it."""
-    import keras
-
-    from keras_glacier.callbacks import AveragedWeights
-    from keras_glacier.data.dataset import EpochSync
     from keras_glacier.data.labels import label_summary
     from keras_glacier.data.split import save_split
     from keras_glacier.data.stats import BandStats, compute_stats
-    from keras_glacier.training import parallel
     from keras_glacier.training.data import prepare_data, training_sequence
-    from keras_glacier.training.fit import build_model, class_weights_for, compile_model, export_run, set_up_devices
+    from keras_glacier.training.fit import export_run, set_up_devices
 
     validated_dir = validated.run_dir
     best = best_epoch(validated_dir / "history.csv")
@@ -206,7 +201,6 @@ def refit(config: TrainConfig, run_dir: Path, validated: RunResult, resume: bool
         save_split(run_dir / "split.json", tiles, [], seed=settings.seed, data=str(source.root),
                    refit_of=VALIDATION_RUN)
     summary = label_summary(tiles, bands, source.class_names, source.mask_layout)
-    classes = list(source.class_names)
     train_seq = training_sequence(settings, run_dir, tiles, stats, bands)
     threshold = None if settings.threshold == AUTO else float(settings.threshold)
     own = dict(devices=devices, precision=precision, refit_epochs=epochs, refit_tiles=len(tiles),
@@ -219,17 +213,8 @@ def refit(config: TrainConfig, run_dir: Path, validated: RunResult, resume: bool
           f"for {epochs} epochs ({epoch_reason(config, best, epochs)}) of {train_seq.samples_per_epoch} crops, "
           f"{decision}, run folder {run_dir}", flush=True)
 
-    model = build_model(settings, stats, len(bands), band_names, classes, source.class_values, settings.encoder)
-    compile_model(model, settings, len(train_seq), classes, class_weights_for(settings, summary))
-    fitting = [EpochSync(train_seq), parallel.backup_and_restore(run_dir / "backup"),
-               *([AveragedWeights()] if settings.ema > 0 else []),
-               keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=resume)]
-    model.fit(train_seq, epochs=settings.epochs, callbacks=[*fitting, *callbacks], shuffle=False,
-              verbose=2 if not sys.stdout.isatty() else "auto")
-
-    if threshold is not None and hasattr(model, "threshold"):
-        model.threshold = threshold  # saved with the model and carried into model.pth
-    save_keras_model(model, run_dir / "model.keras")
+    model = fit_blind(settings, run_dir, train_seq, stats, bands, band_names, source, summary, settings.encoder,
+                      threshold, resume, callbacks)
     metrics = refit_metrics(validated.metrics, threshold, epochs, len(tiles))
     write_json(run_dir / METRICS_FILE, metrics)
     print_table(f"validated run's scores ({len(val)} validation tiles; the refitted network has seen them)",
