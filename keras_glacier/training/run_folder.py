@@ -34,7 +34,9 @@ class RunResult:
 
     ``metrics`` are the validation scores of the best epoch's model at the 0.5 threshold (the same
     numbers as that epoch's row of ``history.csv``), plus ``threshold`` and ``threshold_mcc`` (the
-    binary decision threshold chosen for MCC on the validation tiles, and the MCC there).
+    binary decision threshold chosen for MCC on the validation tiles, and the MCC there). A run
+    without validation (``--val-fraction 0``) has no such scores: its ``metrics`` are the last
+    epoch's on its training crops (``train_`` + name), ``epochs``, ``tiles`` and ``threshold``.
     ``folds`` holds the result of each fold of a ``folds > 1`` run (then the other fields describe
     the first fold's folder's parent and the mean metrics); ``members`` each member's of a
     ``members > 1`` run, whose other fields are the ensemble's; ``validated`` the run that chose a

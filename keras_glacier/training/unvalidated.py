@@ -2,14 +2,15 @@
 
 Why: with a dozen labelled tiles a held-out scene is a quarter of what there is to learn from, and
 validation on it mostly picks an epoch and a threshold from scores that swing by tenths between
-epochs. ``--refit`` wins that quarter back but costs a second run. On everest-west rows never seen,
-refits of at least 30 of 40 epochs scored 0.556 (benchmarks/RESULTS.md) and 9 of their 12 trained
-exactly that floor: the validated run mostly paid for a choice the floor then made. A run without
-validation trains the same network (every tile, warm-up and cosine over ``--epochs``, the last
-epoch kept, decided at 0.5) in one run's time. What it gives up is any score: nothing is left to
-measure it on, so ``metrics.json`` holds the last epoch's training-crop scores (``train_`` +
-name), which say whether it learned, not how well it generalises. Measure a recipe with validation
-(or the accuracy benchmark) first, then train the final network with it.
+epochs. ``--refit`` wins that quarter back but costs a second run, and on everest-west 9 of its 12
+refits trained exactly the floor of 30 epochs (benchmarks/RESULTS.md): the validated run mostly
+paid for a choice the floor then made. A run without validation trains the same network (every
+tile, warm-up and cosine over ``--epochs``, the last epoch kept, decided at 0.5) in one run's time.
+What it gives up is any score: nothing is left to measure it on, so ``metrics.json`` holds the
+last epoch's training-crop scores (``train_`` + name), which say whether it learned, not how well
+it generalises, and an unlucky draw goes unnoticed (one of eight such runs there scored 0.37 on a
+row where its refits scored 0.61). Measure a recipe with validation (or the accuracy benchmark)
+first, then train the final networks with it, several of them (``--members N``).
 
 :func:`fit_blind` is the training itself, shared with ``--refit``'s second network.
 """
