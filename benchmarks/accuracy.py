@@ -483,7 +483,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     print(f"[accuracy] {row}", flush=True)
                     members.setdefault((variant, f), []).append((seed, *maps[:2], row["wall s"], *maps[2:]))
                     if len(seeds) > 1 and seed == seeds[-1]:
-                        ensembles.append({**ensemble_row(variant, f, scenes[f], members.pop((variant, f)), val,
+                        shown = "none" if settings.get("val_fraction") == 0 else val  # as the runs' rows
+                        ensembles.append({**ensemble_row(variant, f, scenes[f], members.pop((variant, f)), shown,
                                                          threshold=ensemble_threshold(settings)),
                                           **baseline_columns(baselines, f)})
                         print(f"[accuracy] {ensembles[-1]}", flush=True)
