@@ -41,12 +41,16 @@ TITLES = {
 
 #: (full, quick) keyword arguments of each benchmark's run().
 SETTINGS = {
-    # Quick: one round (each contender in its own process once), which is all a smoke run needs.
+    # Quick: one round (each contender in its own process once) of the smaller encoder, which compiles
+    # in less time: all a smoke run needs.
     "train": (
         {"settings": ((4, 256), (2, 512)), "steps": 5},
-        {"settings": ((2, 64),), "steps": 2, "flops": False, "rounds": 1},
+        {"settings": ((2, 64),), "steps": 2, "flops": False, "rounds": 1, "encoder": "resnet18"},
     ),
-    "train_reuse": ({"settings": ("4x256", "2x512"), "steps": 5}, {"settings": ("2x64",), "steps": 1, "rounds": 1}),
+    "train_reuse": (
+        {"settings": ("4x256", "2x512"), "steps": 5},
+        {"settings": ("2x64",), "steps": 1, "rounds": 1, "encoder": "resnet18"},
+    ),
     "inference": (
         {"size": 512, "tiles": 4, "rounds": 3},
         {"size": 64, "tiles": 1, "rounds": 1, "memory": "sampled"},
@@ -73,15 +77,15 @@ class SectionResult:
         self.failed = False
 
 
-def run_train_reuse(settings, steps: int, rounds: int = 2) -> list[dict]:
+def run_train_reuse(settings, steps: int, rounds: int = 2, encoder: str = "resnet34") -> list[dict]:
     """The training-step benchmark in a fresh process with ``--malloc reuse``.
 
     glibc reads these settings when a process starts, so they cannot be switched on for this one.
     """
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "rows.json"
-        command = [sys.executable, "-m", "benchmarks.train_step", "--no-flops", "--steps", str(steps),
-                   "--rounds", str(rounds), "--json", str(out), "--settings", *settings]  # fmt: skip
+        command = [sys.executable, "-m", "benchmarks.train_step", "--no-flops", "--steps", str(steps), "--rounds",
+                   str(rounds), "--encoder", encoder, "--json", str(out), "--settings", *settings]  # fmt: skip
         root = Path(__file__).resolve().parent.parent
         env = {**os.environ, **REUSE_MEMORY_ENV}
         done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, check=False)

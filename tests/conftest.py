@@ -21,6 +21,8 @@ Fixtures (all read-only: copy into ``tmp_path`` before damaging or adding files)
     (uint8 0/255); ids ``00_00``..``00_02``, ``01_00``..``01_02`` (2 scenes of 3 tiles).
 ``demo_tiff_source``
     ``discover(demo_tiff_root)``.
+
+``module_tmp`` (module-scoped) makes folders for a module's shared runs and removes them after its last test.
 """
 
 from __future__ import annotations
@@ -64,6 +66,25 @@ def _no_submission_time_budget(monkeypatch):
     """solution.maskgeration's time budget off: on a busy test machine it would drop TTA views and make
     masks depend on the load. Tests of the budget set GLACIER_TIME_BUDGET themselves."""
     monkeypatch.setenv("GLACIER_TIME_BUDGET", "0")
+
+
+@pytest.fixture(scope="module")
+def module_tmp(tmp_path_factory):
+    """``tmp_path_factory.mktemp`` for a test module's shared files (a trained run, packed weights), each
+    folder removed once the module's last test has run. A run here is a ~100 MB model or several, and
+    keeping every module's until the session ended filled the CI machine's disk (16 GB per suite run);
+    the function-scoped ``tmp_path`` of a passing test goes at its teardown (``tmp_path_retention_policy``
+    in pyproject.toml)."""
+    made = []
+
+    def mktemp(name):
+        path = tmp_path_factory.mktemp(name)
+        made.append(path)
+        return path
+
+    yield mktemp
+    for path in made:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

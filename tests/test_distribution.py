@@ -34,11 +34,11 @@ def start(args: list[str], devices: int, log: Path) -> subprocess.Popen:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(module_tmp):
     """One 1-process x 4-device run and one 2-process x 2-device run, side by side, same data and seed."""
     from keras_glacier.data import make_demo_dataset
 
-    base = tmp_path_factory.mktemp("distributed")
+    base = module_tmp("distributed")
     data = make_demo_dataset(base / "data", scenes=4, tiles_per_scene=4, size=32, seed=0)
     single, multi = base / "single", base / "multi"
     single.mkdir()

@@ -50,12 +50,12 @@ def test_install_cell_is_guarded_and_names_the_accelerator_builds():
 
 
 @pytest.fixture(scope="module")
-def kernel_spec_dir(tmp_path_factory):
+def kernel_spec_dir(module_tmp):
     """A kernel spec that launches this very interpreter, found before any user-wide 'python3'."""
     from ipykernel.kernelspec import install
     from jupyter_client.kernelspec import KernelSpecManager
 
-    prefix = tmp_path_factory.mktemp("jupyter")
+    prefix = module_tmp("jupyter")
     install(kernel_name=KERNEL_NAME, prefix=str(prefix))
     data_dir = prefix / "share" / "jupyter"
     spec = KernelSpecManager(kernel_dirs=[str(data_dir / "kernels")]).get_kernel_spec(KERNEL_NAME)

@@ -55,19 +55,19 @@ def run_cli(main, argv):
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, demo_stats, demo_tiff_source):
+def run(module_tmp, demo_stats, demo_tiff_source):
     images = [read_sample(sample, (0, 1, 2, 3, 4))[0] for sample in demo_tiff_source.samples]
-    return make_run(tmp_path_factory.mktemp("run") / "run", demo_stats.to_dict(), images)
+    return make_run(module_tmp("run") / "run", demo_stats.to_dict(), images)
 
 
 @pytest.fixture(scope="module")
-def geo_root(tmp_path_factory, demo_tiff_root):
+def geo_root(module_tmp, demo_tiff_root):
     """The demo band folders with georeferenced Band1 files and explicit no-data pixels.
 
     Tile 0: Band2 NaN in rows 0-7, cols 0-7 (one non-finite band). Tile 1: every band 0 in rows
     10-13 (all bands exactly zero). Both are no-data and must come out as background.
     """
-    root = tmp_path_factory.mktemp("geo") / "data"
+    root = module_tmp("geo") / "data"
     shutil.copytree(demo_tiff_root, root)
     for path in sorted((root / "Band1").iterdir()):
         tifffile.imwrite(path, tifffile.imread(path), extratags=GEO_EXTRATAGS)
@@ -84,8 +84,8 @@ def geo_root(tmp_path_factory, demo_tiff_root):
 
 
 @pytest.fixture(scope="module")
-def predicted(run, geo_root, tmp_path_factory):
-    out = tmp_path_factory.mktemp("predicted") / "masks"
+def predicted(run, geo_root, module_tmp):
+    out = module_tmp("predicted") / "masks"
     status, stdout, stderr = run_cli(predict.main, [run[0], "--data", geo_root, "--out", out, "--probabilities"])
     assert status == 0, stderr
     return out, stdout

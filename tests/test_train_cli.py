@@ -33,8 +33,8 @@ def history_epochs(run_dir: Path) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("run") / "demo"
+def finished_run(module_tmp):
+    run_dir = module_tmp("run") / "demo"
     # A higher peak rate than the default, so the two epochs differ (issue 16: max vs min mode must matter).
     result = run_cli(["--out", str(run_dir), "--epochs", "2", *TINY, "--samples-per-epoch", "8", "--lr", "3e-3"])
     return run_dir, result
@@ -167,12 +167,12 @@ DATA_PARALLEL_SCRIPT = textwrap.dedent(
 
     assert len(keras.distribution.list_devices()) == 4
     rng = np.random.default_rng(0)
-    x = rng.uniform(0, 1, (4, 64, 64, 5)).astype("float32")
-    y = (rng.uniform(0, 1, (4, 64, 64, 1)) > 0.5).astype("float32")
+    x = rng.uniform(0, 1, (4, 32, 32, 5)).astype("float32")
+    y = (rng.uniform(0, 1, (4, 32, 32, 1)) > 0.5).astype("float32")
 
     def step():
         keras.utils.set_random_seed(0)
-        model = build_deeplab(5, dropout=0.0)
+        model = build_deeplab(5, dropout=0.0, encoder="resnet18")
         model.compile(optimizer=keras.optimizers.SGD(0.01), loss=BceDiceLoss(), jit_compile=True)
         first = model.train_on_batch(x, y)
         second = model.evaluate(x, y, batch_size=4, verbose=0)

@@ -32,8 +32,8 @@ NUM_PARAMETERS = 25.6e6  # README, "Architecture": ~25.6M (3 bands, reduction 8 
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("run")
+def run_dir(module_tmp):
+    folder = module_tmp("run")
     model = build_deeplab(num_bands=3, stats=STATS, reduction=8)
     randomize_weights(model, seed=4)
     with warnings.catch_warnings():

@@ -33,9 +33,9 @@ def _save(model, folder, threshold=None):
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(module_tmp):
     """Two runs of one architecture with different weights and thresholds (e.g. two folds)."""
-    root = tmp_path_factory.mktemp("runs")
+    root = module_tmp("runs")
     model = build_deeplab(num_bands=3, band_names=BANDS, stats=STATS)
     randomize_weights(model, seed=11)
     run_a = _save(model, root / "fold0", 0.4)

@@ -196,9 +196,9 @@ def test_bad_input_is_one_error_line(case, expected, hand_made_folders, tmp_path
 
 
 @pytest.fixture(scope="module")
-def run_with_split(tmp_path_factory, demo_stats, demo_tiff_source):
+def run_with_split(module_tmp, demo_stats, demo_tiff_source):
     images = [read_sample(sample, (0, 1, 2, 3, 4))[0] for sample in demo_tiff_source.samples]
-    folder, _ = make_run(tmp_path_factory.mktemp("eval_run") / "run", demo_stats.to_dict(), images, seed=1)
+    folder, _ = make_run(module_tmp("eval_run") / "run", demo_stats.to_dict(), images, seed=1)
     train, val = split_by_scene(demo_tiff_source.samples, val_fraction=0.5, seed=0)
     save_split(folder / "split.json", train, val)
     return folder, [sample.sample_id for sample in val]

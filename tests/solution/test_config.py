@@ -25,8 +25,8 @@ def three_class():
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("bands")
+def data(module_tmp):
+    root = module_tmp("bands")
     images = write_band_dataset(root, ids=("02_07", "03_01"), size=(32, 48))
     return root, images
 

@@ -48,16 +48,16 @@ def model():
 
 
 @pytest.fixture(scope="module")
-def weights(model, tmp_path_factory):
-    return save_weights(model, tmp_path_factory.mktemp("weights") / "model.pth")
+def weights(model, module_tmp):
+    return save_weights(model, module_tmp("weights") / "model.pth")
 
 
 @pytest.fixture(scope="module")
-def glacier_weights(model, tmp_path_factory):
+def glacier_weights(model, module_tmp):
     """Weights that call every valid pixel glacier, so that only no-data can make background."""
     state = dict(model.state_dict())
     state["head.bias"] = state["head.bias"] + 50.0
-    path = tmp_path_factory.mktemp("glacier") / "model.pth"
+    path = module_tmp("glacier") / "model.pth"
     torch.save(state, path)
     return path
 

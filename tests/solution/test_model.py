@@ -17,8 +17,8 @@ def model():
 
 
 @pytest.fixture(scope="module")
-def weights(model, tmp_path_factory):
-    return save_weights(model, tmp_path_factory.mktemp("weights") / "model.pth")
+def weights(model, module_tmp):
+    return save_weights(model, module_tmp("weights") / "model.pth")
 
 
 def test_parameter_count_and_torchvision_backbone_names(model):

@@ -30,9 +30,9 @@ def start_train(args, devices, log, cwd):
 
 
 @pytest.fixture(scope="module")
-def jobs(tmp_path_factory):
+def jobs(module_tmp):
     """A job of 2 processes x 2 devices and a 1-process job of 2 devices, run side by side."""
-    base = tmp_path_factory.mktemp("distributed_job")
+    base = module_tmp("distributed_job")
     hosts = [base / f"host{i}" for i in range(2)]
     single = base / "single"
     for folder in (*hosts, single):

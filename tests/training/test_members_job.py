@@ -21,8 +21,8 @@ from tests.test_train_cli import TINY, run_cli
 
 
 @pytest.fixture(scope="module")
-def members_run(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("members") / "run"
+def members_run(module_tmp):
+    run_dir = module_tmp("members") / "run"
     result = run_cli(["--out", str(run_dir), "--epochs", "2", *TINY, "--members", "2", "--seed", "3"])
     return run_dir, result
 

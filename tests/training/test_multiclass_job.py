@@ -17,8 +17,8 @@ HKH_NAMES = ["background", "clean_ice", "debris"]
 
 
 @pytest.fixture(scope="module")
-def multiclass_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("hkh")
+def multiclass_run(module_tmp):
+    root = module_tmp("hkh")
     data = make_demo_dataset(root / "slices", scenes=3, tiles_per_scene=2, size=32, mask_layout="onehot",
                              dtype=np.float64)
     config = TrainConfig(data=str(data), out=str(root / "run"), task="multiclass", epochs=1, batch_size=2,

@@ -22,8 +22,8 @@ from tests.test_train_cli import TINY, run_cli
 
 
 @pytest.fixture(scope="module")
-def refit_run(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("refit") / "run"
+def refit_run(module_tmp):
+    run_dir = module_tmp("refit") / "run"
     result = run_cli(["--out", str(run_dir), "--epochs", "4", *TINY, "--refit", "--seed", "3"])
     return run_dir, result
 

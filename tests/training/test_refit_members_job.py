@@ -22,8 +22,8 @@ from tests.training.test_members_job import member_validation
 
 
 @pytest.fixture(scope="module")
-def refit_members_run(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("refit-members") / "run"
+def refit_members_run(module_tmp):
+    run_dir = module_tmp("refit-members") / "run"
     result = run_cli(["--out", str(run_dir), "--epochs", "1", *TINY, "--members", "2", "--refit", "--seed", "3"])
     return run_dir, result
 

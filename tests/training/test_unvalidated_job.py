@@ -24,8 +24,8 @@ EPOCHS = 2
 
 
 @pytest.fixture(scope="module")
-def unvalidated_members_run(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("unvalidated") / "run"
+def unvalidated_members_run(module_tmp):
+    run_dir = module_tmp("unvalidated") / "run"
     result = run_cli(["--out", str(run_dir), "--epochs", str(EPOCHS), *TINY, "--members", "2", "--val-fraction", "0",
                       "--seed", "5"])
     return run_dir, result
