@@ -6,7 +6,7 @@ missing) is reported as such in the file; the others still run, and the exit sta
 Nothing here asserts speed.
 
     python -m benchmarks            # full settings (about 10 minutes on 2 cores)
-    python -m benchmarks --quick    # tiny settings (about a minute), e.g. to check nothing rotted
+    python -m benchmarks --quick    # tiny settings (a few minutes), e.g. to check nothing rotted
 """
 
 from __future__ import annotations
@@ -42,14 +42,14 @@ TITLES = {
 #: (full, quick) keyword arguments of each benchmark's run().
 SETTINGS = {
     # Quick: one round (each contender in its own process once) of the smaller encoder, which compiles
-    # in less time: all a smoke run needs.
+    # in less time, and the allocator's rerun in one process: all a smoke run needs.
     "train": (
         {"settings": ((4, 256), (2, 512)), "steps": 5},
         {"settings": ((2, 64),), "steps": 2, "flops": False, "rounds": 1, "encoder": "resnet18"},
     ),
     "train_reuse": (
         {"settings": ("4x256", "2x512"), "steps": 5},
-        {"settings": ("2x64",), "steps": 1, "rounds": 1, "encoder": "resnet18"},
+        {"settings": ("2x64",), "steps": 1, "rounds": 1, "encoder": "resnet18", "same_process": True},
     ),
     "inference": (
         {"size": 512, "tiles": 4, "rounds": 3},
@@ -77,7 +77,8 @@ class SectionResult:
         self.failed = False
 
 
-def run_train_reuse(settings, steps: int, rounds: int = 2, encoder: str = "resnet34") -> list[dict]:
+def run_train_reuse(settings, steps: int, rounds: int = 2, encoder: str = "resnet34",
+                    same_process: bool = False) -> list[dict]:
     """The training-step benchmark in a fresh process with ``--malloc reuse``.
 
     glibc reads these settings when a process starts, so they cannot be switched on for this one.
@@ -86,6 +87,7 @@ def run_train_reuse(settings, steps: int, rounds: int = 2, encoder: str = "resne
         out = Path(tmp) / "rows.json"
         command = [sys.executable, "-m", "benchmarks.train_step", "--no-flops", "--steps", str(steps), "--rounds",
                    str(rounds), "--encoder", encoder, "--json", str(out), "--settings", *settings]  # fmt: skip
+        command += ["--same-process"] if same_process else []
         root = Path(__file__).resolve().parent.parent
         env = {**os.environ, **REUSE_MEMORY_ENV}
         done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, check=False)
