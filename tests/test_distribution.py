@@ -1,6 +1,7 @@
 """Multi-process data parallelism (keras_glacier.distribution): the real model trained by two jax
-processes on localhost (gloo CPU collectives, two virtual devices each) must match one process with
-four devices; plus the set-up errors a user meets first and the batch-share arithmetic."""
+processes on localhost (gloo CPU collectives, two virtual devices each) must match one process on one
+device, without any distribution (so sharded batch-norm statistics, losses or metrics would show);
+plus the set-up errors a user meets first and the batch-share arithmetic."""
 
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ def start(args: list[str], devices: int, log: Path) -> subprocess.Popen:
 
 @pytest.fixture(scope="module")
 def runs(module_tmp):
-    """One 1-process x 4-device run and one 2-process x 2-device run, side by side, same data and seed."""
+    """One 1-device run (no distribution) and one 2-process x 2-device run, side by side, same data and seed."""
     from keras_glacier.data import make_demo_dataset
 
     base = module_tmp("distributed")
@@ -51,7 +52,7 @@ def runs(module_tmp):
         procs.append(start([*common, "--out", str(multi), "--coordinator", address, "--num-processes", "2",
                             "--process-id", str(i)], 2, logs[-1]))
     logs.append(single / "log.txt")
-    procs.append(start([*common, "--out", str(single)], 4, logs[-1]))
+    procs.append(start([*common, "--out", str(single)], 1, logs[-1]))
     started = time.monotonic()
     wait_all(procs, logs, RUN_TIMEOUT_S)
     return single, multi, time.monotonic() - started
@@ -63,14 +64,14 @@ def load(folder: Path, index: int, name: str = ""):
     return [weights[k] for k in weights.files], meta
 
 
-def test_two_processes_train_like_one_process_with_as_many_devices(runs):
+def test_two_processes_of_two_devices_train_like_one_device(runs):
     single, multi, _ = runs
     init1, _ = load(single, 0, "_init")
     init2, _ = load(multi, 0, "_init")
     w1, m1 = load(single, 0)
     w2a, m2a = load(multi, 0)
     w2b, m2b = load(multi, 1)
-    assert (m1["process_count"], m1["devices"], m1["local_devices"]) == (1, 4, 4)
+    assert (m1["process_count"], m1["devices"], m1["local_devices"]) == (1, 1, 1)
     assert (m2a["process_count"], m2a["devices"], m2a["local_devices"]) == (2, 4, 2)
     assert m2a["how"] == "explicit" and m1["how"] == "single"
     # The replicas of one job hold bitwise the same weights and report the same metrics.
@@ -80,22 +81,25 @@ def test_two_processes_train_like_one_process_with_as_many_devices(runs):
     assert all(np.array_equal(a, b) for a, b in zip(init1, init2))
 
     # Validation before training: no cross-device reduction in inference, so the whole-set scores agree
-    # to float rounding; a per-process (half-set) confusion matrix would not. MCC != 0: the predictions
-    # are not all one class, so the counts behind it are not trivially equal.
+    # to float rounding, though the last batch of 2 of the 6 validation tiles is padded to the 4 devices;
+    # a per-process (half-set) confusion matrix would not. MCC != 0: the predictions are not all one
+    # class, so the counts behind it are not trivially equal. Not the loss: Keras weighs a batch's loss by
+    # its rows, padding included (keras_glacier.distribution.data).
     assert m1["before"]["mcc"] != 0
     for key, value in m1["before"].items():
-        assert m2a["before"][key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+        if key != "loss":
+            assert m2a["before"][key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
 
-    # After two SGD steps the weights agree to ~2% of the distance they moved (measured: 1.8%), not to
-    # float rounding: the all-reduces sum in another order and two steps of a from-scratch network
-    # amplify that; one process with 1 device instead of 4 differs from the 4-device run just as much
-    # (1.3%). Reading other tiles or another share would change the steps wholesale.
+    # After two SGD steps the weights agree to a fraction of the distance they moved (measured: 0.14%;
+    # 1.3-1.8% between other device layouts), not to float rounding: the all-reduces sum in another
+    # order and two steps of a from-scratch network amplify that. Per-device batch-norm statistics,
+    # other tiles or another share would change the steps wholesale.
     diff = np.sqrt(sum(float(np.sum((b - a) ** 2)) for a, b in zip(w1, w2a)))
     moved = np.sqrt(sum(float(np.sum((a - s) ** 2)) for s, a in zip(init1, w1)))
-    assert moved > 1e-2 and diff <= 0.05 * moved, (diff, moved)
-    # Losses agree closely; the thresholded scores after training are not compared: the probabilities
-    # sit within 0.003 of 0.5 after two steps, where such a change flips pixels.
-    for key, rel in (("loss", 5e-3), ("val_loss", 5e-3), ("val_r2", 1e-2)):
+    assert moved > 1e-2 and diff <= 0.02 * moved, (diff, moved)
+    # Losses agree closely (not val_loss: padding, as above); the thresholded scores after training are
+    # not compared: the probabilities sit within 0.003 of 0.5 after two steps, where such a change flips pixels.
+    for key, rel in (("loss", 5e-3), ("val_r2", 1e-2)):
         assert m2a["logs"][key] == pytest.approx(m1["logs"][key], rel=rel), key
 
 

@@ -5,10 +5,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
-import os
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import keras
@@ -16,7 +12,6 @@ import pytest
 
 from keras_glacier import train
 
-REPO = Path(__file__).resolve().parents[1]
 TINY = ["--demo-tiles", "8", "--demo-size", "64", "--batch-size", "2", "--workers", "1",
         "--samples-per-epoch", "6"]
 
@@ -155,43 +150,6 @@ def test_help_explains_every_flag():
         if action.option_strings and action.dest != "help":
             assert action.help and len(action.help) > 15, action.dest
     assert "--distribute" in text and "--precision" in text
-
-
-DATA_PARALLEL_SCRIPT = textwrap.dedent(
-    """
-    import numpy as np
-    import keras_glacier
-    import keras
-    from keras_glacier.model import build_deeplab
-    from keras_glacier.losses import BceDiceLoss
-
-    assert len(keras.distribution.list_devices()) == 4
-    rng = np.random.default_rng(0)
-    x = rng.uniform(0, 1, (4, 32, 32, 5)).astype("float32")
-    y = (rng.uniform(0, 1, (4, 32, 32, 1)) > 0.5).astype("float32")
-
-    def step():
-        keras.utils.set_random_seed(0)
-        model = build_deeplab(5, dropout=0.0, encoder="resnet18")
-        model.compile(optimizer=keras.optimizers.SGD(0.01), loss=BceDiceLoss(), jit_compile=True)
-        first = model.train_on_batch(x, y)
-        second = model.evaluate(x, y, batch_size=4, verbose=0)
-        return float(first), float(second)
-
-    single = step()
-    keras.distribution.set_distribution(keras.distribution.DataParallel(devices=keras.distribution.list_devices()))
-    parallel = step()
-    print(single, parallel)
-    assert np.allclose(single, parallel, rtol=1e-4, atol=1e-5), (single, parallel)
-    """
-)
-
-
-def test_data_parallel_on_four_cpu_devices_equals_one_device(tmp_path):
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", KERAS_BACKEND="jax")
-    done = subprocess.run([sys.executable, "-c", DATA_PARALLEL_SCRIPT], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
 
 
 def test_trained_model_scores_the_same_in_keras_and_in_solution(finished_run, tmp_path):
