@@ -69,13 +69,14 @@ def _no_submission_time_budget(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def module_tmp(tmp_path_factory):
+def module_tmp(tmp_path_factory, request):
     """``tmp_path_factory.mktemp`` for a test module's shared files (a trained run, packed weights), each
-    folder removed once the module's last test has run. A run here is a ~100 MB model or several, and
-    keeping every module's until the session ended filled the CI machine's disk (16 GB per suite run);
-    the function-scoped ``tmp_path`` of a passing test goes at its teardown (``tmp_path_retention_policy``
-    in pyproject.toml)."""
+    folder removed once the module's last test has run, unless a test failed meanwhile (its logs stay
+    to be read). A run here is a ~100 MB model or several, and keeping every module's until the session
+    ended filled the CI machine's disk (16 GB per suite run); the function-scoped ``tmp_path`` of a
+    passing test goes at its teardown (``tmp_path_retention_policy`` in pyproject.toml)."""
     made = []
+    failed_before = request.session.testsfailed
 
     def mktemp(name):
         path = tmp_path_factory.mktemp(name)
@@ -83,8 +84,9 @@ def module_tmp(tmp_path_factory):
         return path
 
     yield mktemp
-    for path in made:
-        shutil.rmtree(path, ignore_errors=True)
+    if request.session.testsfailed == failed_before:
+        for path in made:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
