@@ -22,7 +22,8 @@ Fixtures (all read-only: copy into ``tmp_path`` before damaging or adding files)
 ``demo_tiff_source``
     ``discover(demo_tiff_root)``.
 
-``module_tmp`` (module-scoped) makes folders for a module's shared runs and removes them after its last test.
+``module_tmp`` (module-scoped) makes folders for a module's shared runs and removes them after its last test
+unless one of its tests failed.
 """
 
 from __future__ import annotations
