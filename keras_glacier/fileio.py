@@ -72,3 +72,29 @@ def write_json(path: str | os.PathLike, data: Any) -> Path:
 def save_keras_model(model, path: str | os.PathLike) -> Path:
     """``model.save`` atomically (the temporary name keeps the ``.keras`` suffix that Keras requires)."""
     return atomic_write(path, model.save)
+
+
+#: The weights member of a ``.keras`` archive (Keras's own name for it).
+KERAS_WEIGHTS_MEMBER = "model.weights.h5"
+
+
+def load_keras_weights(model, path: str | os.PathLike) -> None:
+    """``model.load_weights(path)``, reading a ``.keras`` archive's weights from an extracted copy.
+
+    Why: Keras reads ``load_weights("x.keras")`` through the zip archive itself, and h5py's many seeks
+    make the zip stream re-read and re-check (CRC) the compressed member from its start each time
+    backwards; Keras's own ``load_model`` avoids it by reading the member whole first, ``load_weights``
+    does not. Extracting it once is one sequential read (benchmarks/PERFORMANCE.md has the times).
+    """
+    path = Path(path)
+    if path.suffix != ".keras":
+        model.load_weights(path)
+        return
+    import tempfile
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive, tempfile.TemporaryDirectory(prefix="keras-glacier-weights-") as tmp:
+        if KERAS_WEIGHTS_MEMBER not in archive.namelist():  # another layout: Keras's own reader and errors
+            model.load_weights(path)
+            return
+        model.load_weights(archive.extract(KERAS_WEIGHTS_MEMBER, tmp))

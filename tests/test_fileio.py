@@ -74,3 +74,33 @@ def test_writers_committed_together_land_together_or_not_at_all(tmp_path):
         writers.append(TempFileWriter(failed / "mask.tif"))
         writers.append(TempFileWriter(failed / "probabilities.tif", fail_on_open=True))
     assert list(failed.iterdir()) == []
+
+
+def small_model(seed: int):
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((4, 4, 3))
+    x = keras.layers.Conv2D(5, 3, padding="same")(inputs)
+    return keras.Model(inputs, keras.layers.BatchNormalization()(x))
+
+
+@pytest.mark.parametrize("name", ["best.keras", "latest.weights.h5"])
+def test_load_keras_weights_reads_archives_and_weight_files_and_leaves_no_extracted_copy(tmp_path, name,
+                                                                                            monkeypatch):
+    import tempfile
+
+    import numpy as np
+
+    from keras_glacier.fileio import load_keras_weights, save_keras_model
+
+    saved, other = small_model(0), small_model(1)
+    path = tmp_path / name
+    save_keras_model(saved, path) if name.endswith(".keras") else saved.save_weights(path)
+    assert not all(np.array_equal(a, b) for a, b in zip(saved.get_weights(), other.get_weights()))
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    load_keras_weights(other, path)
+    assert all(np.array_equal(a, b) for a, b in zip(saved.get_weights(), other.get_weights()))
+    assert list(scratch.iterdir()) == []

@@ -22,6 +22,7 @@ import keras
 import numpy as np
 
 from keras_glacier.distribution.cluster import DistributionError, check_same_everywhere, is_chief
+from keras_glacier.fileio import load_keras_weights
 
 
 def local_predict(model, images) -> np.ndarray:
@@ -104,7 +105,7 @@ def load_weights_from_chief(model, path) -> None:
     import jax
 
     if jax.process_count() == 1:
-        model.load_weights(path)
+        load_keras_weights(model, path)
         return
     from jax.experimental import multihost_utils
 
@@ -114,7 +115,7 @@ def load_weights_from_chief(model, path) -> None:
     if found:
         clone = local_copy(model)
         with outside_distribution():
-            clone.load_weights(path)
+            load_keras_weights(clone, path)
             values = [np.asarray(w) for w in clone.get_weights()]
     else:
         values = [np.zeros(w.shape, w.dtype) for w in model.weights]

@@ -13,6 +13,7 @@ import contextlib
 from pathlib import Path
 
 from keras_glacier import distribution
+from keras_glacier.fileio import load_keras_weights
 from keras_glacier.training.config import TrainConfig
 
 
@@ -101,7 +102,7 @@ def load_best(model, path: Path) -> None:
     if not distributed():
         if path.exists():
             # Same architecture, so loading weights into the compiled model reuses its compiled functions.
-            model.load_weights(path)
+            load_keras_weights(model, path)
         return
     if process_count() > 1:
         import numpy as np
