@@ -175,20 +175,3 @@ def test_refit_epochs_are_the_best_epoch_at_least_three_quarters_of_epochs_or_as
     assert refit_epoch_count(config.replace(epochs=5), 1) == 4, "three quarters of 5 is rounded up"
     assert [refit_epoch_count(config.replace(refit_epochs="best"), best) for best in (1, 7, 33)] == [1, 7, 33]
     assert [refit_epoch_count(config.replace(refit_epochs=12), best) for best in (1, 7, 33)] == [12, 12, 12]
-
-
-def test_a_multiclass_refit_keeps_the_argmax_and_exports_its_classes(tmp_path):
-    """No threshold to carry: the refitted K-class network decides by its most probable class."""
-    import keras_glacier
-    from keras_glacier.data.demo import make_demo_dataset
-
-    data = make_demo_dataset(tmp_path / "slices", scenes=3, tiles_per_scene=2, size=32, mask_layout="onehot")
-    result = keras_glacier.train(TrainConfig(data=str(data), out=str(tmp_path / "run"), task="multiclass", epochs=1,
-                                             batch_size=2, workers=1, samples_per_epoch=4, refit=True,
-                                             refit_epochs=2))
-    facts = json.loads((result.run_dir / "run.json").read_text())
-    assert result.threshold is None and "threshold" not in facts and facts["refit_epochs"] == 2
-    assert len(rows(result.run_dir / "history.csv")) == 2, "--refit-epochs 2 after a 1-epoch validated run"
-    assert facts["class_names"] == ["background", "clean_ice", "debris"]
-    assert result.conversion.max_abs_diff <= result.conversion.tolerance
-    assert keras_glacier.Segmenter.from_run(result.run_dir).model.outputs[0].shape[-1] == 3
