@@ -38,6 +38,12 @@ def test_quick_run_writes_every_table(tmp_path):
     for column in ("keras_s", "torch_nchw_s", "keras/torch_nchw", "keras/torch_channels_last", "compile_s"):
         assert column in train
     assert "own process each" in train
+    # Quick: ResNet-18 everywhere, and the allocator's rerun times every contender alternating in one
+    # process (train_step's in-process path, the alternative to the isolated default above).
+    reuse = sections[3]
+    assert "alternating in one process" in reuse and "resnet18" in train and "resnet18" in reuse
+    for column in ("keras_s", "torch_nchw_s", "torch_channels_last_s", "page_faults_keras/torch"):
+        assert column in reuse
     infer = sections[4]
     for contender in ("torch batched", "torch submission default", "torch naive (1 view/pass)", inference.KERAS):
         assert f"| {contender} | off |" in infer and f"| {contender} | 4 flips |" in infer
@@ -70,19 +76,6 @@ def test_settings_parser_and_table_writer():
             train_step.parse_setting(bad)
     table = markdown_table([{"a": 1.23456, "b": "x"}, {"a": 20.0, "c": None}])
     assert table.splitlines() == ["| a | b | c |", "|---|---|---|", "| 1.23 | x |  |", "| 20.0 |  |  |"]
-
-
-def test_same_process_timing_runs_every_contender():
-    """The in-process alternative to the isolated default (the quick run above covers the isolated path)."""
-    rows = train_step.run(((2, 32),), steps=1, warmup=0, flops=False, isolate=False, encoder="resnet18")
-    (row,) = rows
-    assert row["timing"] == "alternating in one process" and row["encoder"] == "resnet18"
-    assert train_step.build_keras_trainer(metrics=False, encoder="resnet18").get_config()["encoder"] == "resnet18"
-    torch_model, _ = train_step.build_torch_trainer(False, train_step.torch_device(), "resnet18")
-    assert len(torch_model.backbone.layer3) == 2
-    for column in ("keras_s", "torch_nchw_s", "torch_channels_last_s", "keras/torch_nchw", "page_faults_keras/torch"):
-        assert column in row
-    assert row["keras_s"] > 0 and row["torch_nchw_s"] > 0
 
 
 def test_accuracy_folds_baselines_and_section(tmp_path):
