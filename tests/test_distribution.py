@@ -36,8 +36,12 @@ def start(args: list[str], devices: int, log: Path) -> subprocess.Popen:
 
 @pytest.fixture(scope="module")
 def runs(module_tmp):
-    """One 1-device run (no distribution) and one 2-process x 2-device run, side by side, same data and seed."""
+    """One 1-device run (no distribution) and one 2-process x 2-device run, side by side, same data and seed.
+
+    The 1-device run is the worker's code in this test process (one device, no cluster), which spares a
+    third fresh interpreter compiling the model on a 2-core machine; the two processes run meanwhile."""
     from keras_glacier.data import make_demo_dataset
+    from tests.distribution import worker
 
     base = module_tmp("distributed")
     data = make_demo_dataset(base / "data", scenes=4, tiles_per_scene=4, size=32, seed=0)
@@ -51,10 +55,11 @@ def runs(module_tmp):
         logs.append(multi / f"log{i}.txt")
         procs.append(start([*common, "--out", str(multi), "--coordinator", address, "--num-processes", "2",
                             "--process-id", str(i)], 2, logs[-1]))
-    logs.append(single / "log.txt")
-    procs.append(start([*common, "--out", str(single)], 1, logs[-1]))
     started = time.monotonic()
-    wait_all(procs, logs, RUN_TIMEOUT_S)
+    try:
+        assert worker.main([*common, "--out", str(single)]) == 0
+    finally:
+        wait_all(procs, logs, RUN_TIMEOUT_S)
     return single, multi, time.monotonic() - started
 
 
