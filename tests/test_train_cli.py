@@ -10,7 +10,7 @@ from pathlib import Path
 import keras
 import pytest
 
-from keras_glacier import train
+from keras_glacier import train, xla_cpu
 
 TINY = ["--demo-tiles", "8", "--demo-size", "64", "--batch-size", "2", "--workers", "1",
         "--samples-per-epoch", "6"]
@@ -31,7 +31,9 @@ def history_epochs(run_dir: Path) -> list[int]:
 def finished_run(module_tmp):
     run_dir = module_tmp("run") / "demo"
     # A higher peak rate than the default, so the two epochs differ (issue 16: max vs min mode must matter).
-    result = run_cli(["--out", str(run_dir), "--epochs", "2", *TINY, "--samples-per-epoch", "8", "--lr", "3e-3"])
+    # With the XLA:CPU kernels, as CPU users train (the suite's default is the stock ops, tests/conftest.py).
+    with xla_cpu.kernels("auto"):
+        result = run_cli(["--out", str(run_dir), "--epochs", "2", *TINY, "--samples-per-epoch", "8", "--lr", "3e-3"])
     return run_dir, result
 
 

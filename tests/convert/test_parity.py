@@ -28,11 +28,20 @@ from convert.name_map import (
 from convert.parity import PROBE_STATS as STATS
 from convert.parity import STAGES, randomize_weights, stage_differences
 from convert.pretrained import load_torchvision_resnet
+from keras_glacier import xla_cpu
 from keras_glacier.model import build_deeplab
 
 LOGIT_TOLERANCE = 1e-4
 #: Intermediate stages are compared relative to their own magnitude (they reach tens to hundreds).
 STAGE_RELATIVE_TOLERANCE = 1e-5
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _xla_cpu_kernels():
+    """Parity of the network CPU users train and export: this package's XLA:CPU kernels (the suite's
+    default is the stock ops, tests/conftest.py; the stock path's parity is tests/model/test_stock_path.py's)."""
+    with xla_cpu.kernels("auto"):
+        yield
 
 
 @pytest.fixture(scope="module", params=["resnet34", "resnet18"])
