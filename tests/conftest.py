@@ -22,8 +22,6 @@ Fixtures (all read-only: copy into ``tmp_path`` before damaging or adding files)
 ``demo_tiff_source``
     ``discover(demo_tiff_root)``.
 
-``xla_cpu_kernels`` makes a test build and trace with this package's XLA:CPU kernels (see below).
-
 ``module_tmp`` (module-scoped) makes folders for a module's shared runs and removes them after its last test
 unless one of its tests failed.
 """
@@ -52,13 +50,12 @@ if _OWN_CACHE:
 # on a 2-core CPU the XLA:CPU kernels double what a fresh process spends compiling a tiny training job
 # (121 s against 60 s; 33 s against 25 s for a second job in the same process), and the suite is mostly
 # such jobs and fresh processes (the notebook's kernel, the two-process jobs, the benchmarks). The kernels
-# are tested where they are the subject: each against its stock op, values and gradients
-# (tests/model/test_xla_cpu.py), the layer-by-layer and end-to-end Keras-PyTorch parity
-# (tests/convert/test_parity.py), and the default training job end to end (tests/test_train_cli.py), all
-# under ``xla_cpu.kernels("auto")`` (the ``xla_cpu_kernels`` fixture). A developer's own setting is kept.
+# are tested where they are the subject, under ``xla_cpu.kernels("auto")``: each against its stock op,
+# values and gradients (tests/model/test_xla_cpu.py, the harness names both modes), the layer-by-layer
+# and end-to-end Keras-PyTorch parity (tests/convert/test_parity.py), and the default training job end to
+# end, export included (tests/test_train_cli.py). A developer's own setting of the variable is kept.
 os.environ.setdefault("KERAS_GLACIER_KERNELS", "stock")
 
-from keras_glacier import xla_cpu  # noqa: E402
 from keras_glacier.data import compute_stats, discover, make_demo_band_folders, make_demo_dataset  # noqa: E402
 
 DEMO_SCENES = 3
@@ -80,13 +77,6 @@ def _no_submission_time_budget(monkeypatch):
     """solution.maskgeration's time budget off: on a busy test machine it would drop TTA views and make
     masks depend on the load. Tests of the budget set GLACIER_TIME_BUDGET themselves."""
     monkeypatch.setenv("GLACIER_TIME_BUDGET", "0")
-
-
-@pytest.fixture
-def xla_cpu_kernels():
-    """This package's XLA:CPU kernels for the test (the suite's default is the stock ops, see above)."""
-    with xla_cpu.kernels("auto"):
-        yield
 
 
 @pytest.fixture(scope="module")
