@@ -11,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import tempfile
 import uuid
+import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -90,9 +92,6 @@ def load_keras_weights(model, path: str | os.PathLike) -> None:
     if path.suffix != ".keras":
         model.load_weights(path)
         return
-    import tempfile
-    import zipfile
-
     with zipfile.ZipFile(path) as archive, tempfile.TemporaryDirectory(prefix="keras-glacier-weights-") as tmp:
         if KERAS_WEIGHTS_MEMBER not in archive.namelist():  # another layout: Keras's own reader and errors
             model.load_weights(path)
