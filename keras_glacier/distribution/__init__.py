@@ -35,6 +35,7 @@ from keras_glacier.distribution.cluster import (
 # parser (DEFAULT_TIMEOUT_S) and join the job (initialize) without importing keras first.
 _LAZY = {
     "BackupAndRestore": "callbacks", "ChiefOnly": "callbacks", "load_weights_from_chief": "callbacks",
+    "update_from_chief": "callbacks",
     "local_copy": "callbacks", "local_predict": "callbacks", "outside_distribution": "callbacks",
     "PAD": "data", "ProcessShard": "data", "local_rows": "data", "padded_size": "data",
     "process_batch_indices": "data", "describe_runtime": "runtime", "format_runtime": "runtime",
@@ -73,6 +74,7 @@ __all__ = [
     "initialize",
     "is_chief",
     "load_weights_from_chief",
+    "update_from_chief",
     "local_copy",
     "local_predict",
     "local_rows",

@@ -9,7 +9,8 @@ Two traps this module removes:
 * Every assignment to a variable under ``DataParallel`` (``load_weights``, ``set_weights``) is a
   collective: jax checks that each process passes the same value. One process loading alone waits
   forever; processes loading different files fail. :func:`load_weights_from_chief` reads on process 0
-  and broadcasts; :class:`BackupAndRestore` checks first that all processes see the same backup.
+  and broadcasts (:func:`update_from_chief`: any change process 0 makes to a local copy);
+  :class:`BackupAndRestore` checks first that all processes see the same backup.
 """
 
 from __future__ import annotations
@@ -112,15 +113,30 @@ def load_weights_from_chief(model, path) -> None:
     found = bool(is_chief() and Path(path).exists())
     if not bool(multihost_utils.broadcast_one_to_all(np.int32(found))):
         raise DistributionError(f"{path}: not found on process 0")
-    if found:
-        clone = local_copy(model)
+    update_from_chief(model, lambda local: load_keras_weights(local, path))
+
+
+def update_from_chief(model, update):
+    """Process 0 runs ``update(local)`` on a :func:`local_copy` of ``model`` (outside the distribution, so
+    it may run the network eagerly or change variables alone); every process then takes the copy's
+    weights. Call it on every process at the same point. Returns ``update``'s result on process 0,
+    None elsewhere."""
+    import jax
+
+    result = values = None
+    if is_chief():
+        local = local_copy(model)
         with outside_distribution():
-            load_keras_weights(clone, path)
-            values = [np.asarray(w) for w in clone.get_weights()]
-    else:
-        values = [np.zeros(w.shape, w.dtype) for w in model.weights]
-    values = multihost_utils.broadcast_one_to_all(values)
+            result = update(local)
+            values = [np.asarray(w) for w in local.get_weights()]
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        if values is None:
+            values = [np.zeros(w.shape, w.dtype) for w in model.weights]
+        values = multihost_utils.broadcast_one_to_all(values)
     model.set_weights([np.asarray(v) for v in values])
+    return result
 
 
 class ChiefOnly(keras.callbacks.Callback):

@@ -28,6 +28,7 @@ TASKS = ("binary", "multiclass")
 LOSSES = ("bce_dice", "focal", "tversky", "lovasz")
 CLASS_WEIGHTS = ("none", "auto")
 DISTRIBUTIONS = ("none", "data_parallel")
+BN_STATS = ("tiles", "running")
 AUTO = "auto"
 #: ``--refit-epochs best``: the validated run's best epoch count, nothing added.
 BEST = "best"
@@ -92,6 +93,11 @@ class TrainConfig:
         0.0, "validate, checkpoint and export a moving average of the weights with this momentum (e.g. 0.99, "
         "ramped up over the first steps, see keras_glacier.training.optimizer); 0 = the raw weights",
         metavar="MOMENTUM")
+    bn_stats: str = _setting(
+        "tiles", "BatchNorm statistics of the saved network: tiles = recomputed after training on the training "
+        "tiles, whole and un-augmented (at most 128 of them), instead of the running averages of the last "
+        "augmented training batches; running = those running averages, as Keras keeps them (see "
+        "keras_glacier.training.batchnorm)", choices=BN_STATS)
     encoder: str = _setting(
         AUTO, "the ResNet encoder: resnet18 (a step costs two thirds of a resnet34 step; small datasets get "
         "twice the steps per epoch with it) or resnet34; auto = resnet18 with fewer training tiles than a "
@@ -231,7 +237,7 @@ class TrainConfig:
         if not (isinstance(self.ema, (int, float)) and 0.0 <= self.ema < 1.0):
             raise UsageError(f"--ema must lie in [0, 1) (0 turns the weight average off), got {self.ema!r}")
         for name, choices in (("task", TASKS), ("loss", LOSSES), ("class_weights", CLASS_WEIGHTS),
-                              ("encoder", ENCODER_CHOICES),
+                              ("encoder", ENCODER_CHOICES), ("bn_stats", BN_STATS),
                               ("precision", PRECISIONS), ("distribute", DISTRIBUTIONS)):
             if getattr(self, name) not in choices:
                 raise UsageError(f"{flag_of(name)} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
@@ -290,6 +296,8 @@ class TrainConfig:
             values["affine"] = 0.0
         if "refit_epochs" not in values:  # refit runs from before --refit-epochs trained the best epoch count
             values["refit_epochs"] = BEST
+        if "bn_stats" not in values:  # runs from before --bn-stats kept the running averages
+            values["bn_stats"] = "running"
         if "encoder" not in values:  # runs from before --encoder had a ResNet-34
             values["encoder"] = "resnet34"
         if isinstance(values.get("bands"), list):  # channel numbers, as older runs saved them

@@ -183,6 +183,19 @@ def make_datasets(config: TrainConfig, run_dir: Path, train, val, stats, bands):
     return train_seq, val_seq
 
 
+def statistics_sequence(config: TrainConfig, run_dir: Path, tiles, stats, bands, batch_size: int):
+    """Whole training tiles, un-augmented, in order: what ``--bn-stats tiles`` measures the network on.
+
+    Read from their files, as inference reads them, not from the run's tile cache (a subset of the
+    training tiles would be a cache of its own)."""
+    from keras_glacier.data.dataset import GlacierSequence
+    from keras_glacier.data.sampling import tile_shape
+
+    settings = {**loader_settings(config, run_dir, stats, bands), "cache_dir": None}
+    return GlacierSequence(tiles, batch_size=batch_size, crop=effective_crop(None, tile_shape(tiles[0])),
+                           augment=None, shuffle=False, seed=config.seed, **settings)
+
+
 def loader_settings(config: TrainConfig, run_dir: Path, stats, bands) -> dict:
     """What the training and the validation sequences share: statistics, bands, threads, cache."""
     from keras_glacier.training.parallel import cache_folder

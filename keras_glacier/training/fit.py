@@ -17,6 +17,7 @@ import keras_glacier  # noqa: F401  (selects the JAX backend before keras is imp
 from keras_glacier.errors import UsageError
 from keras_glacier.fileio import save_keras_model, write_json
 from keras_glacier.training import parallel
+from keras_glacier.training.batchnorm import recompute_for_run
 from keras_glacier.training.config import AUTO, TrainConfig
 from keras_glacier.training.data import (
     effective_crop,
@@ -306,6 +307,7 @@ def train_one(config: TrainConfig, run_dir: Path, resume: bool, extra_callbacks:
               callbacks=callbacks, shuffle=False, verbose=(2 if not sys.stdout.isatty() else "auto") if chief else 0)
 
     parallel.load_best(model, run_dir / "best.keras")
+    recompute_for_run(config, run_dir, model, train_tiles, stats, bands)
     # Every process evaluates its share; the confusion counts are summed over all of them.
     scores = model.evaluate(parallel.shard(val_seq), verbose=0, return_dict=True)
     # Binary scores in their usual order; a multi-class run adds mean_iou and iou_<class> for every class.

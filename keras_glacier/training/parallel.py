@@ -115,6 +115,14 @@ def load_best(model, path: Path) -> None:
     distribution.load_weights_from_chief(model, path)
 
 
+def update_from_chief(model, update):
+    """``update(model)``; under a distribution process 0 runs it on a local copy and every process takes
+    the result (see ``distribution.update_from_chief``). Returns ``update``'s result (None off process 0)."""
+    if not distributed():
+        return update(model)
+    return distribution.update_from_chief(model, update)
+
+
 def chief_model(model, wrapper=None):
     """(model to save, context to use it in) for process 0's writing: the model itself without a
     distribution; with one, a local copy outside the distribution (``wrapper``'s, a ChiefOnly that

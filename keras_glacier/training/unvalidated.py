@@ -55,6 +55,7 @@ def fit_blind(settings: TrainConfig, run_dir: Path, train_seq, stats, bands, ban
     from keras_glacier.callbacks import AveragedWeights
     from keras_glacier.data.dataset import EpochSync
     from keras_glacier.training import parallel
+    from keras_glacier.training.batchnorm import recompute_for_run
     from keras_glacier.training.fit import build_model, class_weights_for, compile_model
 
     model = build_model(settings, stats, len(bands), band_names, list(source.class_names), source.class_values,
@@ -65,6 +66,7 @@ def fit_blind(settings: TrainConfig, run_dir: Path, train_seq, stats, bands, ban
                keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=resume)]
     model.fit(train_seq, epochs=settings.epochs, callbacks=[*fitting, *callbacks], shuffle=False,
               verbose=2 if not sys.stdout.isatty() else "auto")
+    recompute_for_run(settings, run_dir, model, train_seq.samples, stats, bands)
     if threshold is not None and hasattr(model, "threshold"):
         model.threshold = threshold  # saved with the model and carried into model.pth
     save_keras_model(model, run_dir / "model.keras")

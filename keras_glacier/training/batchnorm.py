@@ -1,0 +1,172 @@
+"""BatchNorm statistics recomputed after training on the training tiles as inference sees them.
+
+Why: during training every BatchNormalization layer keeps a running average of its batches' mean
+and variance (momentum 0.9: mostly the last ten steps), and a batch is a few augmented crops (free
+rotation and zoom, brightness/contrast, noise). At inference the network normalises whole,
+untouched tiles with those statistics, which describe neither. After training, one pass over the
+training tiles, whole and un-augmented, measures what each layer receives from them. Only the
+statistics change; every learned weight stays. On everest-west rows never seen this raised 10 of 12
+networks trained without validation and all 8 refitted ones (benchmarks/RESULTS.md has the figures).
+
+How: the tiles go through the network in training mode (each layer then normalises with the
+statistics of the batch, so what the next layer receives depends on them) with dropout switched off
+and every BatchNormalization layer's momentum set to 0 (its moving statistics become the batch's).
+With every tile in one batch these are exactly the statistics each layer sees at inference once the
+layers before it use theirs; small batches are not: a layer normalised by the statistics of three or
+four tiles passes on their quirks, and on everest-west batches of 3 tiles lost what one batch of 9
+gained (0.513 and 0.537 against 0.517 without; scratch measurement over the kept networks). So the
+batches are as large as :data:`BATCH_PIXELS` allows and of equal size; several batches are combined
+as one set (the mean of their means, and the mean of their variances plus the variance of their
+means), and at most :data:`MAX_TILES` tiles are measured.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+#: The most training tiles the statistics are measured on: a few hundred whole tiles hold millions of
+#: pixels per channel, so more changes the figures little, and large datasets (HKH) keep the pass short.
+MAX_TILES = 128
+
+#: Pixels (tiles x height x width) per batch of the pass: 16 tiles of 512 x 512, everest-west's 9
+#: tiles of 160 x 160 in one batch. Training mode without gradients keeps a few activations of the batch
+#: alive at a time: about 1-2 GB for ResNet-34 at this size.
+BATCH_PIXELS = 4 * 2**20
+
+#: ``--bn-stats`` values: recomputed on the training tiles, or Keras' running averages kept.
+TILES, RUNNING = "tiles", "running"
+
+
+def statistics_tiles(tiles, seed: int, limit: int = MAX_TILES) -> list:
+    """The training tiles to measure on: all of them, or ``limit`` of them drawn with ``seed``."""
+    tiles = list(tiles)
+    if len(tiles) <= limit:
+        return tiles
+    chosen = np.random.default_rng(seed).choice(len(tiles), size=limit, replace=False)
+    return [tiles[i] for i in sorted(chosen)]
+
+
+def statistics_batch_size(tiles: int, tile_pixels: int, budget: int = BATCH_PIXELS) -> int:
+    """Tiles per batch: as many as ``budget`` pixels hold (at least one), spread evenly over the batches
+    needed, so that no batch is a small remainder."""
+    most = max(1, budget // max(1, tile_pixels))
+    batches = math.ceil(tiles / most)
+    return math.ceil(tiles / batches)
+
+
+def batchnorm_layers(model) -> list:
+    import keras
+
+    return [layer for layer in model._flatten_layers(include_self=False, recursive=True)
+            if isinstance(layer, keras.layers.BatchNormalization)]
+
+
+def recompute_batchnorm_statistics(model, batches) -> int:
+    """Set every BatchNormalization layer's moving mean and variance to those of ``batches``.
+
+    ``batches``: a sequence of ``(images, ...)`` batches of whole tiles as the model takes them (raw
+    band values for a GlacierDeepLab). Each batch is weighted by its pixel count. Returns the
+    number of layers updated (0 when the model has none). The layers' momentum and the dropout rates
+    are restored whatever happens, and nothing is assigned unless every batch went through.
+    """
+    import keras
+
+    norms = batchnorm_layers(model)
+    if not norms:
+        return 0
+    dropouts = [layer for layer in model._flatten_layers(include_self=False, recursive=True)
+                if isinstance(layer, keras.layers.Dropout)]
+    momenta = [layer.momentum for layer in norms]
+    rates = [layer.rate for layer in dropouts]
+    sums = [[0.0, 0.0] for _ in norms]  # per layer: weighted sum of means, of (variance + mean^2)
+    total = 0.0
+    try:
+        for layer in norms:
+            layer.momentum = 0.0
+        for layer in dropouts:
+            layer.rate = 0.0
+        measure = _batch_statistics(model, norms)
+        for index in range(len(batches)):
+            images = batches[index][0]
+            weight = float(math.prod(images.shape[:-1]))
+            for (mean, variance), acc in zip(measure(images), sums):
+                mean = np.asarray(mean, dtype=np.float64)
+                acc[0] = acc[0] + weight * mean
+                acc[1] = acc[1] + weight * (np.asarray(variance, dtype=np.float64) + mean**2)
+            total += weight
+    finally:
+        for layer, momentum in zip(norms, momenta):
+            layer.momentum = momentum
+        for layer, rate in zip(dropouts, rates):
+            layer.rate = rate
+    if total == 0:
+        return 0
+    for layer, (mean_sum, square_sum) in zip(norms, sums):
+        mean = mean_sum / total
+        layer.moving_mean.assign(mean.astype(layer.moving_mean.dtype))
+        layer.moving_variance.assign(np.maximum(square_sum / total - mean**2, 0.0).astype(layer.moving_variance.dtype))
+    return len(norms)
+
+
+def _batch_statistics(model, norms):
+    """``images -> [(mean, variance) of each layer in norms]`` for one batch in training mode (momentum 0,
+    set by the caller), leaving the model's variables untouched. On JAX one compiled call (a few
+    seconds to compile, where running the layers one by one compiles each operation: 10-15 s for the
+    ResNet-18 network on a CPU); on other backends the layers run eagerly and the statistics they
+    assign are read back."""
+    import keras
+
+    if keras.backend.backend() != "jax":
+        kept = [(np.asarray(layer.moving_mean), np.asarray(layer.moving_variance)) for layer in norms]
+
+        def eager(images):
+            try:
+                model(images, training=True)
+                return [(np.asarray(layer.moving_mean), np.asarray(layer.moving_variance)) for layer in norms]
+            finally:
+                for layer, (mean, variance) in zip(norms, kept):
+                    layer.moving_mean.assign(mean)
+                    layer.moving_variance.assign(variance)
+
+        return eager
+    import jax
+
+    where = {id(variable): i for i, variable in enumerate(model.non_trainable_variables)}
+    slots = [(where[id(layer.moving_mean)], where[id(layer.moving_variance)]) for layer in norms]
+    trainable = [variable.value for variable in model.trainable_variables]
+    non_trainable = [variable.value for variable in model.non_trainable_variables]
+    step = jax.jit(lambda t, n, x: model.stateless_call(t, n, x, training=True)[1])
+
+    def compiled(images):
+        updated = step(trainable, non_trainable, images)
+        return [(updated[m], updated[v]) for m, v in slots]
+
+    return compiled
+
+
+def recompute_for_run(config, run_dir, model, tiles, stats, bands) -> None:
+    """``--bn-stats tiles``: recompute ``model``'s statistics on the run's training ``tiles`` (every process
+    calls it; under a distribution process 0 measures and the others take its figures) and say so."""
+    import time
+
+    from keras_glacier.data.sampling import tile_shape
+    from keras_glacier.training import parallel
+    from keras_glacier.training.data import statistics_sequence
+
+    if config.bn_stats != TILES:
+        return
+    start = time.perf_counter()
+    tiles = statistics_tiles(tiles, config.seed)
+    batch = statistics_batch_size(len(tiles), math.prod(tile_shape(tiles[0])))
+    sequence = statistics_sequence(config, run_dir, tiles, stats, bands, batch)
+    layers = parallel.update_from_chief(model, lambda local: recompute_batchnorm_statistics(local, sequence))
+    if parallel.is_chief() and layers:
+        print(f"BatchNorm statistics of {layers} layers recomputed on {len(sequence.samples)} training tiles, whole "
+              f"and un-augmented ({time.perf_counter() - start:.1f} s; --bn-stats running keeps the training "
+              "batches' running averages)", flush=True)
+
+
+__all__ = ["MAX_TILES", "RUNNING", "TILES", "batchnorm_layers", "recompute_batchnorm_statistics", "recompute_for_run",
+           "statistics_batch_size", "statistics_tiles"]
