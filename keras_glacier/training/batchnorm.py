@@ -112,10 +112,10 @@ def recompute_batchnorm_statistics(model, batches) -> int:
 
 def _batch_statistics(model, norms):
     """``images -> [(mean, variance) of each layer in norms]`` for one batch in training mode (momentum 0,
-    set by the caller), leaving the model's variables untouched. On JAX one compiled call (a few
-    seconds to compile, where running the layers one by one compiles each operation: 10-15 s for the
-    ResNet-18 network on a CPU); on other backends the layers run eagerly and the statistics they
-    assign are read back."""
+    set by the caller), leaving the model's variables untouched. On JAX one compiled call: running the
+    layers one by one would compile every operation on its own, which takes several times as long
+    (benchmarks/PERFORMANCE.md); on other backends the layers run eagerly and the statistics they
+    assign are read back, then put back."""
     import keras
 
     if keras.backend.backend() != "jax":

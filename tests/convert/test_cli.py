@@ -222,3 +222,11 @@ def test_every_flag_has_help():
     parser = build_parser()
     assert all(action.help for action in parser._actions)
     assert {"--out", "--half", "--no-verify"} <= {opt for action in parser._actions for opt in action.option_strings}
+
+
+def test_the_float32_tolerance_grows_with_the_logits_it_checks():
+    from convert.export import tolerance_for
+
+    assert tolerance_for(np.array([[-3.0], [8.0]]), half=False) == 1e-4
+    assert tolerance_for(np.array([[-40.0], [8.0]]), half=False) == pytest.approx(4e-4)
+    assert tolerance_for(np.array([[-40.0], [8.0]]), half=True) == pytest.approx(0.4)

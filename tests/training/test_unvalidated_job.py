@@ -148,3 +148,22 @@ def test_flags_that_need_validation_tiles_are_refused_without_them(flags, named)
 def test_val_fraction_outside_zero_to_one_is_refused(value):
     with pytest.raises(UsageError, match=r"--val-fraction must lie in \[0, 1\)"):
         TrainConfig(val_fraction=value)
+
+
+def test_a_network_trained_without_validation_keeps_statistics_of_all_its_tiles(unvalidated_members_run):
+    """--bn-stats tiles (the default) in the run without validation: measured again on every labelled
+    tile, whole, the saved member's BatchNorm statistics do not move."""
+    from keras_glacier.training.batchnorm import batchnorm_layers, recompute_batchnorm_statistics
+    from keras_glacier.training.data import prepare_data, statistics_sequence
+
+    member = unvalidated_members_run[0] / "member-2"
+    config = TrainConfig.from_run(member)
+    # As the run read it: member 2 of the ensemble seeded 5, whose demo data lies in the run folder.
+    _, bands, _, tiles, _, stats, _ = prepare_data(config, member, resume=True, member=(1, 5))
+    assert not (member / "demo_data").exists()
+    model = keras.saving.load_model(member / "model.keras", compile=False)
+    saved = [np.asarray(layer.moving_mean) for layer in batchnorm_layers(model)]
+    assert len(tiles) == 8 and config.bn_stats == "tiles"
+    recompute_batchnorm_statistics(model, statistics_sequence(config, member, tiles, stats, bands, len(tiles)))
+    for layer, mean in zip(batchnorm_layers(model), saved):
+        np.testing.assert_allclose(np.asarray(layer.moving_mean), mean, rtol=1e-4, atol=1e-5)
