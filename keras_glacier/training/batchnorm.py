@@ -5,8 +5,9 @@ and variance (momentum 0.9: mostly the last ten steps), and a batch is a few aug
 rotation and zoom, brightness/contrast, noise). At inference the network normalises whole,
 untouched tiles with those statistics, which describe neither. After training, one pass over the
 training tiles, whole and un-augmented, measures what each layer receives from them. Only the
-statistics change; every learned weight stays. On everest-west rows never seen this raised 10 of 12
-networks trained without validation and all 8 refitted ones (benchmarks/RESULTS.md has the figures).
+statistics change; every learned weight stays. On everest-west rows never seen this raised 26 of 32
+kept networks (10 of the 12 trained without validation, 10 of 12 refitted, 6 of 8 validated;
+benchmarks/RESULTS.md has the figures).
 
 How: the tiles go through the network in training mode (each layer then normalises with the
 statistics of the batch, so what the next layer receives depends on them) with dropout switched off
@@ -26,18 +27,16 @@ import math
 
 import numpy as np
 
-#: The most training tiles the statistics are measured on: a few hundred whole tiles hold millions of
-#: pixels per channel, so more changes the figures little, and large datasets (HKH) keep the pass short.
+from keras_glacier.training.config import BN_STATS_TILES
+
+#: The most training tiles the statistics are measured on: a hundred whole tiles hold millions of pixels
+#: per channel, so more changes the figures little, and large datasets (HKH) keep the pass short.
 MAX_TILES = 128
 
 #: Pixels (tiles x height x width) per batch of the pass: 16 tiles of 512 x 512, everest-west's 9
 #: tiles of 160 x 160 in one batch. Training mode without gradients keeps a few activations of the batch
 #: alive at a time: about 1-2 GB for ResNet-34 at this size.
 BATCH_PIXELS = 4 * 2**20
-
-#: ``--bn-stats`` values: recomputed on the training tiles, or Keras' running averages kept.
-TILES, RUNNING = "tiles", "running"
-
 
 def statistics_tiles(tiles, seed: int, limit: int = MAX_TILES) -> list:
     """The training tiles to measure on: all of them, or ``limit`` of them drawn with ``seed``."""
@@ -155,7 +154,7 @@ def recompute_for_run(config, run_dir, model, tiles, stats, bands) -> None:
     from keras_glacier.training import parallel
     from keras_glacier.training.data import statistics_sequence
 
-    if config.bn_stats != TILES:
+    if config.bn_stats != BN_STATS_TILES:
         return
     start = time.perf_counter()
     tiles = statistics_tiles(tiles, config.seed)
@@ -168,5 +167,5 @@ def recompute_for_run(config, run_dir, model, tiles, stats, bands) -> None:
               "batches' running averages)", flush=True)
 
 
-__all__ = ["MAX_TILES", "RUNNING", "TILES", "batchnorm_layers", "recompute_batchnorm_statistics", "recompute_for_run",
+__all__ = ["BATCH_PIXELS", "MAX_TILES", "batchnorm_layers", "recompute_batchnorm_statistics", "recompute_for_run",
            "statistics_batch_size", "statistics_tiles"]

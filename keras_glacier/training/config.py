@@ -28,7 +28,10 @@ TASKS = ("binary", "multiclass")
 LOSSES = ("bce_dice", "focal", "tversky", "lovasz")
 CLASS_WEIGHTS = ("none", "auto")
 DISTRIBUTIONS = ("none", "data_parallel")
-BN_STATS = ("tiles", "running")
+#: ``--bn-stats``: recomputed on the training tiles after training (keras_glacier.training.batchnorm), or
+#: Keras' running averages of the training batches kept.
+BN_STATS_TILES, BN_STATS_RUNNING = "tiles", "running"
+BN_STATS = (BN_STATS_TILES, BN_STATS_RUNNING)
 AUTO = "auto"
 #: ``--refit-epochs best``: the validated run's best epoch count, nothing added.
 BEST = "best"
@@ -94,7 +97,7 @@ class TrainConfig:
         "ramped up over the first steps, see keras_glacier.training.optimizer); 0 = the raw weights",
         metavar="MOMENTUM")
     bn_stats: str = _setting(
-        "tiles", "BatchNorm statistics of the saved network: tiles = recomputed after training on the training "
+        BN_STATS_TILES, "BatchNorm statistics of the saved network: tiles = recomputed after training on the training "
         "tiles, whole and un-augmented (at most 128 of them), instead of the running averages of the last "
         "augmented training batches; running = those running averages, as Keras keeps them (see "
         "keras_glacier.training.batchnorm)", choices=BN_STATS)
@@ -297,7 +300,7 @@ class TrainConfig:
         if "refit_epochs" not in values:  # refit runs from before --refit-epochs trained the best epoch count
             values["refit_epochs"] = BEST
         if "bn_stats" not in values:  # runs from before --bn-stats kept the running averages
-            values["bn_stats"] = "running"
+            values["bn_stats"] = BN_STATS_RUNNING
         if "encoder" not in values:  # runs from before --encoder had a ResNet-34
             values["encoder"] = "resnet34"
         if isinstance(values.get("bands"), list):  # channel numbers, as older runs saved them

@@ -51,7 +51,10 @@ def test_a_multiclass_refit_keeps_the_argmax_and_exports_its_classes(multiclass_
     assert result.threshold is None and "threshold" not in facts and facts["refit_epochs"] == 2
     with open(result.run_dir / "history.csv") as fh:
         assert len(list(csv.DictReader(fh))) == 2, "--refit-epochs 2 after a 1-epoch validated run"
-    assert result.conversion is not None and result.conversion.max_abs_diff <= 1e-4  # parity of the K-class head
+    # Parity of the K-class head, within the export's float32 tolerance (1e-4 of the largest logit: this
+    # two-epoch network's recomputed BatchNorm variances make its logits on the random probe reach thousands).
+    conversion = result.conversion
+    assert conversion is not None and conversion.max_abs_diff <= conversion.tolerance and conversion.mask_agreement == 1
 
     import solution
 
