@@ -109,8 +109,9 @@ def test_two_processes_of_two_devices_train_like_one_device(runs):
 
 
 def test_run_files_in_a_job_of_2_processes(tmp_path):
-    """Process 0 alone saves (checkpoints, backups) from a local copy; weights only process 0 has reach
-    every process; a resumed run restores the same state everywhere; unequal backups are refused."""
+    """Process 0 alone saves (checkpoints, backups) from a local copy; weights only process 0 has (read
+    from a file, or changed in a local copy) reach every process; a resumed run restores the same state
+    everywhere; unequal backups are refused."""
     address = f"127.0.0.1:{free_port()}"
     logs = [tmp_path / f"log{i}.txt" for i in range(2)]
     procs = [subprocess.Popen([sys.executable, "-m", "tests.distribution.files_worker", address, str(i), str(tmp_path)],
@@ -120,6 +121,7 @@ def test_run_files_in_a_job_of_2_processes(tmp_path):
     results = [json.loads(proc.stdout.read().strip().splitlines()[-1]) for proc in procs]
     for i, result in enumerate(results):
         assert result["loaded"] is True
+        assert result["update"] == (["updated", [0], True] if i == 0 else [None, [], True])
         assert result["epochs"] == [2, 2]  # 2 epochs, then resumed at epoch 2 of 4: 2 more, on both
         assert result["refused"].startswith("processes [1] have other backups in ")
         assert f"private_{i}" in result["refused"] and "file system every host shares" in result["refused"]

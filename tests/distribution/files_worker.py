@@ -2,6 +2,7 @@
 model (the point is the file handling, not the network) under a 2-process DataParallel mesh.
 
 1. ``load_weights_from_chief``: only process 0 has the weights file; both end with its weights.
+   ``update_from_chief``: process 0 alone changes a local copy; both end with the copy's weights.
 2. ``BackupAndRestore`` on a shared folder: both processes resume from process 0's backup.
 3. A backup only process 0 can see is refused with one line on every process.
 Prints one JSON line of what it saw.
@@ -40,6 +41,17 @@ def main() -> int:
     model.set_weights([w + 1.0 for w in reference])  # the same on every process: allowed
     distribution.load_weights_from_chief(model, folder / "only_on_0.weights.h5")
     result["loaded"] = all(np.array_equal(np.asarray(a), b) for a, b in zip(model.get_weights(), reference))
+
+    calls = []
+
+    def update(local):  # runs outside the mesh on process 0 only: a collective here would hang
+        calls.append(info.process_index)
+        local.set_weights([np.full(w.shape, 7.0, w.dtype) for w in local.get_weights()])
+        return "updated"
+
+    answer = distribution.update_from_chief(model, update)
+    result["update"] = [answer, calls, all(np.all(np.asarray(w) == 7.0) for w in model.get_weights())]
+    model.set_weights(reference)  # the same on every process again
 
     # Process 0 alone saves the distributed model (what ModelCheckpoint / BackupAndRestore do).
     x = np.ones((4, 4), "float32")[info.process_index * 2 : info.process_index * 2 + 2]
