@@ -105,6 +105,9 @@ def test_a_global_batch_the_devices_cannot_split_is_refused_on_every_process(tmp
                          2, logs[i], tmp_path) for i in range(2)]
     wait_all(procs, logs, 180, expect=2)
     for log in logs:
-        lines = [line for line in log.read_text().strip().splitlines() if not line.startswith("[Gloo]")]
+        # Gloo's connection report ("[Gloo] Rank 0 is connected to 1 peer ranks. ...") comes from the C++ runtime
+        # and was once broken over two lines on a loaded machine: both pieces are its, not ours.
+        lines = [line for line in log.read_text().strip().splitlines()
+                 if not line.startswith("[Gloo]") and "peer ranks" not in line]
         assert lines == ["error: global batch size 6 is not a multiple of the 4 devices (2 processes): use e.g. 4 or 8"]
     assert not (tmp_path / "run" / "config.json").exists()
