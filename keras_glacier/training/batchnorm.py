@@ -38,6 +38,7 @@ MAX_TILES = 128
 #: alive at a time: about 1-2 GB for ResNet-34 at this size.
 BATCH_PIXELS = 4 * 2**20
 
+
 def statistics_tiles(tiles, seed: int, limit: int = MAX_TILES) -> list:
     """The training tiles to measure on: all of them, or ``limit`` of them drawn with ``seed``."""
     tiles = list(tiles)
@@ -111,25 +112,9 @@ def recompute_batchnorm_statistics(model, batches) -> int:
 
 def _batch_statistics(model, norms):
     """``images -> [(mean, variance) of each layer in norms]`` for one batch in training mode (momentum 0,
-    set by the caller), leaving the model's variables untouched. On JAX one compiled call: running the
-    layers one by one would compile every operation on its own, which takes several times as long
-    (benchmarks/PERFORMANCE.md); on other backends the layers run eagerly and the statistics they
-    assign are read back, then put back."""
-    import keras
-
-    if keras.backend.backend() != "jax":
-        kept = [(np.asarray(layer.moving_mean), np.asarray(layer.moving_variance)) for layer in norms]
-
-        def eager(images):
-            try:
-                model(images, training=True)
-                return [(np.asarray(layer.moving_mean), np.asarray(layer.moving_variance)) for layer in norms]
-            finally:
-                for layer, (mean, variance) in zip(norms, kept):
-                    layer.moving_mean.assign(mean)
-                    layer.moving_variance.assign(variance)
-
-        return eager
+    set by the caller), leaving the model's variables untouched: one compiled JAX call (training runs on
+    JAX only). Running the layers one by one would compile every operation on its own, which takes
+    several times as long (benchmarks/PERFORMANCE.md)."""
     import jax
 
     where = {id(variable): i for i, variable in enumerate(model.non_trainable_variables)}
