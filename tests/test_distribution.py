@@ -6,6 +6,7 @@ plus the set-up errors a user meets first and the batch-share arithmetic."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -306,13 +307,19 @@ def test_local_copy_keeps_a_model_subclass_and_its_config():
 
 
 def test_a_process_past_its_deadline_is_killed_and_its_stack_shown(tmp_path):
-    """A multi-process test that hangs must say where: the process gets SIGABRT first, so its log (and
-    the failure message) end with faulthandler's traceback, then its whole group is killed."""
-    log = tmp_path / "log.txt"
-    script = "import time\n\ndef waits_for_a_peer():\n    time.sleep(600)\n\nwaits_for_a_peer()\n"
-    proc = subprocess.Popen([sys.executable, "-c", script], env=worker_env(1), stdout=log.open("w"),
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    """A multi-process test that hangs must say where and why: a process still running at the deadline
+    gets SIGABRT first, so its log ends with faulthandler's traceback, then its whole group is killed;
+    a peer that died first (the usual cause of a hang in a collective) is shown before it."""
+    hangs = "import time\n\ndef waits_for_a_peer():\n    time.sleep(600)\n\nwaits_for_a_peer()\n"
+    dies = "import sys\nsys.exit('peer lost its data')\n"
+    logs = [tmp_path / "log0.txt", tmp_path / "log1.txt"]
+    procs = [subprocess.Popen([sys.executable, "-c", script], env=worker_env(1), stdout=log.open("w"),
+                              stderr=subprocess.STDOUT, start_new_session=True)
+             for script, log in zip([hangs, dies], logs)]
     started = time.monotonic()
-    with pytest.raises(pytest.fail.Exception, match=r"(?s)log.txt exited with -\d+:.*in waits_for_a_peer"):
-        wait_all([proc], [log], 3)
-    assert proc.returncode is not None and time.monotonic() - started < 60
+    with pytest.raises(pytest.fail.Exception) as failure:
+        wait_all(procs, logs, 3)
+    message = str(failure.value)
+    assert re.search(r"(?s)^log1.txt exited with 1:\npeer lost its data\n+"
+                     r"log0.txt hung, killed at the deadline with -\d+:.*in waits_for_a_peer", message), message
+    assert all(proc.returncode is not None for proc in procs) and time.monotonic() - started < 60

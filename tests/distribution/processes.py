@@ -62,8 +62,11 @@ def wait_all(procs: list[subprocess.Popen], logs: list[Path], timeout_s: float, 
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    failed = [(log, proc.returncode) for proc, log in zip(procs, logs)
+    failed = [(log, proc.returncode, proc in hung) for proc, log in zip(procs, logs)
               if proc.returncode < 0 or (expect is not None and proc.returncode != expect)]
     if failed:
-        log, code = failed[0]
-        pytest.fail(f"{log.name} exited with {code}:\n{log.read_text()[-8000:]}")
+        # Every failed process's log, those that ended by themselves first: when one process dies, the
+        # others wait for it in a collective until the deadline, and only its log says why.
+        failed.sort(key=lambda item: item[2])
+        pytest.fail("\n".join(f"{log.name} {'hung, killed at the deadline' if killed else 'exited'} with {code}:\n"
+                              f"{log.read_text()[-6000:]}" for log, code, killed in failed))
