@@ -69,4 +69,11 @@ def wait_all(procs: list[subprocess.Popen], logs: list[Path], timeout_s: float, 
         # others wait for it in a collective until the deadline, and only its log says why.
         failed.sort(key=lambda item: item[2])
         pytest.fail("\n".join(f"{log.name} {'hung, killed at the deadline' if killed else 'exited'} with {code}:\n"
-                              f"{log.read_text()[-6000:]}" for log, code, killed in failed))
+                              f"{readable_tail(log)}" for log, code, killed in failed))
+
+
+def readable_tail(log: Path, limit: int = 6000) -> str:
+    """The end of a process's log without faulthandler's list of loaded extension modules (one line of
+    some 3000 characters that would push the threads' stacks out of the failure message)."""
+    lines = log.read_text(errors="replace").splitlines(keepends=True)
+    return "".join(line for line in lines if not line.startswith("Extension modules:"))[-limit:]
