@@ -26,7 +26,7 @@ from keras_glacier.distribution import (
     parse_address,
     process_batch_indices,
 )
-from tests.distribution.processes import ROOT, free_port, start_module, wait_all, worker_env
+from tests.distribution.processes import ROOT, free_port, start_logged, start_module, wait_all, worker_env
 
 RUN_TIMEOUT_S = 420  # the whole multi-process comparison, compile included; a hang is killed, not waited on
 
@@ -115,11 +115,10 @@ def test_run_files_in_a_job_of_2_processes(tmp_path):
     everywhere; unequal backups are refused."""
     address = f"127.0.0.1:{free_port()}"
     logs = [tmp_path / f"log{i}.txt" for i in range(2)]
-    procs = [subprocess.Popen([sys.executable, "-m", "tests.distribution.files_worker", address, str(i), str(tmp_path)],
-                              cwd=ROOT, env=worker_env(1), stdout=subprocess.PIPE, stderr=logs[i].open("w"),
-                              text=True, start_new_session=True) for i in range(2)]
+    procs = [start_logged([sys.executable, "-m", "tests.distribution.files_worker", address, str(i), str(tmp_path)],
+                          logs[i], stdout=subprocess.PIPE, text=True) for i in range(2)]
     wait_all(procs, logs, 180)
-    results = [json.loads(proc.stdout.read().strip().splitlines()[-1]) for proc in procs]
+    results = [json.loads(proc.communicate()[0].strip().splitlines()[-1]) for proc in procs]
     for i, result in enumerate(results):
         assert result["loaded"] is True
         assert result["update"] == (["updated", [0], True] if i == 0 else [None, [], True])
@@ -313,9 +312,7 @@ def test_a_process_past_its_deadline_is_killed_and_its_stack_shown(tmp_path):
     hangs = "import time\nimport numpy\n\ndef waits_for_a_peer():\n    time.sleep(600)\n\nwaits_for_a_peer()\n"
     dies = "import sys\nsys.exit('peer lost its data')\n"
     logs = [tmp_path / "log0.txt", tmp_path / "log1.txt"]
-    procs = [subprocess.Popen([sys.executable, "-c", script], env=worker_env(1), stdout=log.open("w"),
-                              stderr=subprocess.STDOUT, start_new_session=True)
-             for script, log in zip([hangs, dies], logs)]
+    procs = [start_logged([sys.executable, "-c", script], log) for script, log in zip([hangs, dies], logs)]
     started = time.monotonic()
     with pytest.raises(pytest.fail.Exception) as failure:
         wait_all(procs, logs, 3)

@@ -35,10 +35,20 @@ def worker_env(devices: int) -> dict:
     return env
 
 
+def start_logged(command: list[str], log: Path, devices: int = 1, cwd: Path = ROOT, **popen) -> subprocess.Popen:
+    """``command`` in a new session with :func:`worker_env`; its stderr (and, unless ``popen`` says
+    otherwise, its stdout) go to ``log``, which the child keeps open and this process closes."""
+    popen.setdefault("stdout", subprocess.STDOUT)
+    with log.open("w") as out:
+        if popen["stdout"] is subprocess.STDOUT:
+            popen["stdout"] = out
+        return subprocess.Popen(command, cwd=cwd, env=worker_env(devices), stderr=out, start_new_session=True,
+                                **popen)
+
+
 def start_module(module: str, args: list[str], devices: int, log: Path, cwd: Path = ROOT) -> subprocess.Popen:
     """``python -m module args`` with ``devices`` virtual CPU devices; stdout and stderr go to ``log``."""
-    return subprocess.Popen([sys.executable, "-m", module, *args], cwd=cwd, env=worker_env(devices),
-                            stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    return start_logged([sys.executable, "-m", module, *args], log, devices, cwd)
 
 
 def wait_all(procs: list[subprocess.Popen], logs: list[Path], timeout_s: float, expect: int | None = 0) -> None:
