@@ -38,12 +38,9 @@ def worker_env(devices: int) -> dict:
 def start_logged(command: list[str], log: Path, devices: int = 1, cwd: Path = ROOT, **popen) -> subprocess.Popen:
     """``command`` in a new session with :func:`worker_env`; its stderr (and, unless ``popen`` says
     otherwise, its stdout) go to ``log``, which the child keeps open and this process closes."""
-    popen.setdefault("stdout", subprocess.STDOUT)
     with log.open("w") as out:
-        if popen["stdout"] is subprocess.STDOUT:
-            popen["stdout"] = out
-        return subprocess.Popen(command, cwd=cwd, env=worker_env(devices), stderr=out, start_new_session=True,
-                                **popen)
+        return subprocess.Popen(command, cwd=cwd, env=worker_env(devices), stdout=popen.pop("stdout", out),
+                                stderr=out, start_new_session=True, **popen)
 
 
 def start_module(module: str, args: list[str], devices: int, log: Path, cwd: Path = ROOT) -> subprocess.Popen:
