@@ -6,8 +6,8 @@ epochs. ``--refit`` wins that quarter back but costs a second run, and on everes
 refits trained exactly the floor of 30 epochs (benchmarks/RESULTS.md): the validated run mostly
 paid for a choice the floor then made. A run without validation trains the same network (every
 tile, warm-up and cosine over ``--epochs``, the last epoch kept, decided at 0.5) in one run's time;
-longer schedules then pay (45 epochs beat 30 there for each of three seeds, so the README's command
-trains 45).
+a schedule longer than the refit's floor pays there (45 epochs beat 30 for each of three seeds), so
+the README's command trains 45.
 What it gives up is any score: nothing is left to measure it on, so ``metrics.json`` holds the
 last epoch's training-crop scores (``train_`` + name), which say whether it learned, not how well
 it generalises, and an unlucky draw goes unnoticed (one of eight such runs there scored 0.37 on a
