@@ -43,9 +43,10 @@ def start_logged(command: list[str], log: Path, devices: int = 1, cwd: Path = RO
                                 stderr=out, start_new_session=True, **popen)
 
 
-def start_module(module: str, args: list[str], devices: int, log: Path, cwd: Path = ROOT) -> subprocess.Popen:
-    """``python -m module args`` with ``devices`` virtual CPU devices; stdout and stderr go to ``log``."""
-    return start_logged([sys.executable, "-m", module, *args], log, devices, cwd)
+def start_module(module: str, args: list[str], devices: int, log: Path, cwd: Path = ROOT, **popen) -> subprocess.Popen:
+    """``python -m module args`` with ``devices`` virtual CPU devices; stderr (and, unless ``popen``
+    says otherwise, stdout) go to ``log``."""
+    return start_logged([sys.executable, "-m", module, *args], log, devices, cwd, **popen)
 
 
 def wait_all(procs: list[subprocess.Popen], logs: list[Path], timeout_s: float, expect: int | None = 0) -> None:
