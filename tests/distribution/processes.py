@@ -27,9 +27,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# XLA:CPU aborts the whole process when one device's thread reaches a collective 60 s after the other
+# (20 s until its warning, 40 s more until the abort). On a loaded 2-core CI host several jobs share the
+# cores, and one such stall killed a healthy one-process, two-device job in evaluate. A hang is still
+# caught: wait_all's deadline (a few minutes) comes first and dumps every thread's stack.
+COLLECTIVE_TIMEOUT_S = 600
+
+
 def worker_env(devices: int) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KERAS_DISTRIBUTION_", "SLURM_", "JAX_"))}
-    env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", KERAS_BACKEND="jax",
+    env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} "
+                         f"--xla_cpu_collective_call_terminate_timeout_seconds={COLLECTIVE_TIMEOUT_S}",
+               KERAS_BACKEND="jax",
                JAX_PLATFORMS="cpu", JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo", PYTHONPATH=str(ROOT),
                OMP_NUM_THREADS="1", PYTHONFAULTHANDLER="1")
     return env
