@@ -301,3 +301,61 @@ def test_accuracy_without_validation_trains_on_every_other_row_and_scores_the_te
     labels = np.concatenate([read_sample(s, (0,))[1].ravel() for s in discover(data).samples if s.scene_id == "01"])
     np.testing.assert_array_equal(maps[1], labels)
     assert row["MCC@t"] == pytest.approx(row["MCC@0.5"])
+
+
+def kept_member(runs_dir, seed, scored, extra_args, prob, truth, *val_maps):
+    """A finished benchmarks.accuracy run, as its --runs-dir keeps it."""
+    settings = accuracy.training_settings(extra_args)
+    row = {"variant": "default", "seed": seed, "scored": scored, "val": "none", "epochs": 45, "best": "",
+           "wall s": 100.0, **accuracy.probability_scores(prob, truth, 0.5)}
+    accuracy.save_result(runs_dir / f"default-seed{seed}-test{scored}-valnone", settings, row, prob, truth, *val_maps)
+
+
+def ensemble_rows(output):
+    """{(variant, fold): MCC@t} of the table benchmarks.ensemble printed."""
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in output.splitlines() if line.startswith("| ")]
+    header = cells[0]
+    return {(r[header.index("variant")], r[header.index("fold")]): float(r[header.index("MCC@t")]) for r in cells[1:]}
+
+
+def test_ensemble_of_kept_runs_from_two_commands_averages_their_probabilities(tmp_path, capsys):
+    """Two runs kept by different commands, each wrong on half the glacier, score 1.0 once averaged."""
+    from benchmarks import ensemble
+
+    truth = np.array([1, 1, 1, 1, 0, 0, 0, 0, 255], dtype=np.uint8)
+    a = np.array([0.9, 0.9, 0.4, 0.4, 0.1, 0.1, 0.6, 0.6, 0.9], dtype=np.float32)
+    b = np.array([0.4, 0.4, 0.9, 0.9, 0.6, 0.6, 0.1, 0.1, 0.0], dtype=np.float32)
+    for scored in ("00", "01"):
+        kept_member(tmp_path / "bce", 0, scored, "--val-fraction 0", a, truth)
+        kept_member(tmp_path / "focal", 3, scored, "--val-fraction 0 --loss focal", b, truth)
+    assert ensemble.main([f"{tmp_path / 'bce'}:0", f"{tmp_path / 'focal'}:3"]) == 0
+    rows = ensemble_rows(capsys.readouterr().out)
+    for fold in ("0", "1"):
+        assert rows[("bce:0", fold)] == pytest.approx(0.0) and rows[("focal:3", fold)] == pytest.approx(0.0)
+        assert rows[("bce:0+focal:3 ensemble", fold)] == pytest.approx(1.0)
+    assert rows[("bce:0+focal:3 ensemble", "mean")] == pytest.approx(1.0)
+
+
+def test_ensemble_refuses_members_it_cannot_average(tmp_path, capsys):
+    from benchmarks import ensemble
+
+    truth = np.array([1, 0, 1, 0], dtype=np.uint8)
+    prob = np.array([0.8, 0.2, 0.6, 0.4], dtype=np.float32)
+    kept_member(tmp_path / "a", 0, "00", "--val-fraction 0", prob, truth)
+    kept_member(tmp_path / "a", 0, "01", "--val-fraction 0", prob, truth)
+    kept_member(tmp_path / "b", 0, "00", "--val-fraction 0", prob, truth)
+    with pytest.raises(SystemExit, match=r"b:0 scored rows 00, a:0 rows 00, 01: members must hold out the same rows"):
+        ensemble.main([f"{tmp_path / 'a'}:0", f"{tmp_path / 'b'}:0"])
+    with pytest.raises(SystemExit, match=r"holds no finished default run of seed 5"):
+        ensemble.main([f"{tmp_path / 'a'}:0", f"{tmp_path / 'b'}:5"])
+    # A validated run chooses its threshold on its validation row; one without validation decides at
+    # 0.5; with no validation row kept by the second, nothing can choose one for both.
+    kept_member(tmp_path / "c", 0, "00", "--crop 128", prob, truth)
+    with pytest.raises(SystemExit, match=r"row 00: the members decide at different thresholds"):
+        ensemble.main([f"{tmp_path / 'b'}:0", f"{tmp_path / 'c'}:0"])
+    kept_member(tmp_path / "d", 0, "00", "--val-fraction 0", prob, truth[::-1].copy())
+    with pytest.raises(SystemExit, match=r"error: fold 0: ensemble members were scored on different held-out pixels"):
+        ensemble.main([f"{tmp_path / 'b'}:0", f"{tmp_path / 'd'}:0"])
+    with pytest.raises(SystemExit) as exit_info:
+        ensemble.main([f"{tmp_path / 'b'}"])
+    assert exit_info.value.code == 2 and "give a member as RUNS_DIR:SEED" in capsys.readouterr().err
