@@ -252,6 +252,51 @@ def test_figure_predictions_and_chief_only_callbacks_under_a_distribution(tmp_pa
         keras.distribution.set_distribution(None)
 
 
+def test_synchronous_steps_keep_the_batch_hooks_on_the_calling_thread():
+    """Keras under JAX hands batch-end hooks nobody overrides to a helper thread; with SynchronousSteps
+    (what every fit / evaluate under a distribution gets) they run on the thread that dispatches the
+    steps, so a multi-device step is read before the next program starts."""
+    import threading
+
+    import keras
+
+    from keras_glacier.distribution import SynchronousSteps
+    from keras_glacier.training import parallel
+
+    class Threads(keras.callbacks.Callback):
+        async_safe = True  # Keras' own flag: may run on its helper thread
+
+        def __init__(self):
+            super().__init__()
+            self.seen = set()
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.seen.add(threading.get_ident())
+
+        on_test_batch_end = on_predict_batch_end = on_train_batch_end
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    x, y = np.ones((8, 3), np.float32), np.zeros((8, 1), np.float32)
+
+    def threads(extra):
+        seen = Threads()
+        model.fit(x, y, batch_size=2, epochs=1, verbose=0, callbacks=[seen, *extra])
+        model.evaluate(x, y, batch_size=2, verbose=0, callbacks=[seen, *extra])
+        model.predict(x, batch_size=2, verbose=0, callbacks=[seen, *extra])
+        return seen.seen
+
+    assert threading.get_ident() not in threads([])  # Keras' async dispatch: all on its helper thread
+    assert threads([SynchronousSteps()]) == {threading.get_ident()}
+    assert parallel.step_callbacks() == []
+    keras.distribution.set_distribution(keras.distribution.DataParallel(auto_shard_dataset=False))
+    try:
+        assert [type(c) for c in parallel.step_callbacks()] == [SynchronousSteps]
+    finally:
+        keras.distribution.set_distribution(None)
+
+
 def test_describe_runtime_on_this_cpu():
     import jax
 

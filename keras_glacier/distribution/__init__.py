@@ -35,7 +35,7 @@ from keras_glacier.distribution.cluster import (
 # parser (DEFAULT_TIMEOUT_S) and join the job (initialize) without importing keras first.
 _LAZY = {
     "BackupAndRestore": "callbacks", "ChiefOnly": "callbacks", "load_weights_from_chief": "callbacks",
-    "update_from_chief": "callbacks",
+    "update_from_chief": "callbacks", "SynchronousSteps": "callbacks",
     "local_copy": "callbacks", "local_predict": "callbacks", "outside_distribution": "callbacks",
     "PAD": "data", "ProcessShard": "data", "local_rows": "data", "padded_size": "data",
     "process_batch_indices": "data", "describe_runtime": "runtime", "format_runtime": "runtime",
@@ -64,6 +64,7 @@ __all__ = [
     "ClusterInfo",
     "DistributionError",
     "ProcessShard",
+    "SynchronousSteps",
     "check_global_batch",
     "check_same_everywhere",
     "chief_only",

@@ -192,6 +192,31 @@ class ChiefOnly(keras.callbacks.Callback):
         self._forward("on_epoch_end", epoch, logs)
 
 
+class SynchronousSteps(keras.callbacks.Callback):
+    """Keeps ``fit`` / ``evaluate`` / ``predict`` from reading a step's logs on a helper thread.
+
+    Under JAX, Keras hands the batch-end hooks to a thread pool whenever no callback overrides them
+    (``CallbackList``'s async dispatch): the main thread then dispatches the next step, or the metrics'
+    eager ``result()`` after the last one, while the helper still waits on the previous step's
+    outputs. On XLA:CPU with several devices in one process, a one-process two-device job on a loaded
+    2-core CI host hung there for good, in ``evaluate``: one device's thread waited at the step's
+    all-reduce for the other, which never came (training, whose hooks BackupAndRestore makes
+    synchronous, never did). Overriding the hooks, as this callback does, makes Keras run them on
+    the calling thread, so each step's logs are read before anything else is dispatched: one
+    multi-device program in flight at a time. Costless on CPU, where the host waits for the device
+    anyway.
+    """
+
+    def on_train_batch_end(self, batch, logs=None):
+        pass
+
+    def on_test_batch_end(self, batch, logs=None):
+        pass
+
+    def on_predict_batch_end(self, batch, logs=None):
+        pass
+
+
 class BackupAndRestore(keras.callbacks.BackupAndRestore):
     """Keras' BackupAndRestore for several processes: process 0 writes and deletes the backup; every
     process restores from it, so the run folder must be on a file system all hosts share (or copied

@@ -302,14 +302,15 @@ def train_one(config: TrainConfig, run_dir: Path, resume: bool, extra_callbacks:
     model = build_model(config, stats, len(bands), band_names, classes, source.class_values, encoder)
     print_model_line(model, encoder, precision, devices)
     compile_model(model, config, len(train_seq), classes, weights)
-    callbacks = [*make_callbacks(config, run_dir, train_seq, val_seq, stats, resume, classes), *extra_callbacks]
+    callbacks = [*make_callbacks(config, run_dir, train_seq, val_seq, stats, resume, classes), *extra_callbacks,
+                 *parallel.step_callbacks()]
     model.fit(parallel.shard(train_seq), validation_data=parallel.shard(val_seq), epochs=config.epochs,
               callbacks=callbacks, shuffle=False, verbose=(2 if not sys.stdout.isatty() else "auto") if chief else 0)
 
     parallel.load_best(model, run_dir / "best.keras")
     recompute_for_run(config, run_dir, model, train_tiles, stats, bands)
     # Every process evaluates its share; the confusion counts are summed over all of them.
-    scores = model.evaluate(parallel.shard(val_seq), verbose=0, return_dict=True)
+    scores = model.evaluate(parallel.shard(val_seq), verbose=0, return_dict=True, callbacks=parallel.step_callbacks())
     # Binary scores in their usual order; a multi-class run adds mean_iou and iou_<class> for every class.
     metrics = {key: float(scores[key]) for key in BINARY_METRICS if key in scores}
     metrics.update({key: float(value) for key, value in scores.items() if key not in metrics})

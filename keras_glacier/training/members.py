@@ -93,6 +93,7 @@ def finish_ensemble(config: TrainConfig, run_dir: Path, members: list[RunResult]
     import keras
 
     from keras_glacier.model import GlacierEnsemble
+    from keras_glacier.training import parallel
     from keras_glacier.training.data import make_datasets, prepare_data
     from keras_glacier.training.fit import BINARY_METRICS, class_weights_for, compile_model, finish_run
 
@@ -105,7 +106,7 @@ def finish_ensemble(config: TrainConfig, run_dir: Path, members: list[RunResult]
     ensemble = GlacierEnsemble(networks)
     classes = list(ensemble.get_config()["class_names"])
     compile_model(ensemble, config, 1, classes, class_weights_for(config, summary))
-    scores = ensemble.evaluate(val_seq, verbose=0, return_dict=True)
+    scores = ensemble.evaluate(val_seq, verbose=0, return_dict=True, callbacks=parallel.step_callbacks())
     metrics = {key: float(scores[key]) for key in BINARY_METRICS if key in scores}
     metrics.update({key: float(value) for key, value in scores.items() if key not in metrics})
 

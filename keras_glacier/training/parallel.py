@@ -79,6 +79,13 @@ def shard(sequence):
     return distribution.ProcessShard(sequence) if distributed() else sequence
 
 
+def step_callbacks() -> list:
+    """For every ``fit`` / ``evaluate`` under a distribution: each step's logs read on the calling
+    thread before the next program is dispatched (``distribution.SynchronousSteps`` says why); none
+    without one, where Keras' overlap of host and device is harmless."""
+    return [distribution.SynchronousSteps()] if distributed() else []
+
+
 def chief_only(callback):
     """A callback that writes files (checkpoint, CSV log, figures): under a distribution it runs on
     process 0 only, from a local copy of the model (see ``distribution.ChiefOnly``)."""

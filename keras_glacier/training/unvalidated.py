@@ -66,8 +66,8 @@ def fit_blind(settings: TrainConfig, run_dir: Path, train_seq, stats, bands, ban
     fitting = [EpochSync(train_seq), parallel.backup_and_restore(run_dir / "backup"),
                *([AveragedWeights()] if settings.ema > 0 else []),
                keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=resume)]
-    model.fit(train_seq, epochs=settings.epochs, callbacks=[*fitting, *callbacks], shuffle=False,
-              verbose=2 if not sys.stdout.isatty() else "auto")
+    model.fit(train_seq, epochs=settings.epochs, callbacks=[*fitting, *callbacks, *parallel.step_callbacks()],
+              shuffle=False, verbose=2 if not sys.stdout.isatty() else "auto")
     recompute_for_run(settings, run_dir, model, train_seq.samples, stats, bands)
     if threshold is not None and hasattr(model, "threshold"):
         model.threshold = threshold  # saved with the model and carried into model.pth

@@ -65,10 +65,11 @@ def main(argv: list[str] | None = None) -> int:
     initial = [np.array(w) for w in model.get_weights()]
     # Before training: same weights everywhere, and inference has no cross-device reduction, so these
     # scores must agree exactly between runs; they show the confusion counts are summed over processes.
-    before = model.evaluate(distribution.ProcessShard(val_seq), verbose=0, return_dict=True)
+    before = model.evaluate(distribution.ProcessShard(val_seq), verbose=0, return_dict=True,
+                            callbacks=[distribution.SynchronousSteps()])
     history = model.fit(distribution.ProcessShard(train_seq), validation_data=distribution.ProcessShard(val_seq),
                         epochs=1, steps_per_epoch=args.steps, shuffle=False, verbose=0,
-                        callbacks=[EpochSync(train_seq, val_seq)])
+                        callbacks=[EpochSync(train_seq, val_seq), distribution.SynchronousSteps()])
     logs = {key: float(values[-1]) for key, values in history.history.items()}
     out = Path(args.out)
     np.savez(out / f"process_{info.process_index}.npz", *[np.asarray(w) for w in model.get_weights()])
