@@ -201,10 +201,9 @@ class SynchronousSteps(keras.callbacks.Callback):
     outputs. On XLA:CPU with several devices in one process, a one-process two-device job on a loaded
     2-core CI host hung there for good, in ``evaluate``: one device's thread waited at the step's
     all-reduce for the other, which never came (training, whose hooks BackupAndRestore makes
-    synchronous, never did). Overriding the hooks, as this callback does, makes Keras run them on
+    synchronous, has not). Overriding the hooks, as this callback does, makes Keras run them on
     the calling thread, so each step's logs are read before anything else is dispatched: one
-    multi-device program in flight at a time. Costless on CPU, where the host waits for the device
-    anyway.
+    multi-device program in flight at a time.
     """
 
     def on_train_batch_end(self, batch, logs=None):
