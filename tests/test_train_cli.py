@@ -11,7 +11,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_glacier import train, xla_cpu
+from keras_glacier import TrainConfig, train, xla_cpu
 
 TINY = ["--demo-tiles", "8", "--demo-size", "64", "--batch-size", "2", "--workers", "1",
         "--samples-per-epoch", "6"]
@@ -88,10 +88,12 @@ class KillAfterEpoch(keras.callbacks.Callback):
             raise RuntimeError("killed")
 
 
-def test_resume_continues_from_the_saved_epoch(tmp_path):
+def test_resume_continues_from_the_saved_epoch(tmp_path, capsys):
     """Killed after epoch 0 and resumed; with the weight average on (--ema), whose raw weights the backup
-    keeps and whose average validation, the checkpoint and the saved model use."""
+    keeps and whose average validation, the checkpoint and the saved model use. The finished run, on
+    few tiles, ends with the advice to train the model to use on all of them."""
     from keras_glacier.callbacks import read_history
+    from keras_glacier.training import fit
 
     run_dir = tmp_path / "run"
     # --bn-stats running: the saved model is the checkpoint's network as validation scored it.
@@ -101,17 +103,35 @@ def test_resume_continues_from_the_saved_epoch(tmp_path):
         train.train(train.config_from_args(args), callbacks=[KillAfterEpoch(0)])
     assert (run_dir / "backup").is_dir() and not (run_dir / "model.keras").exists()
     assert history_epochs(run_dir) == [0]
+    assert "few tiles" not in capsys.readouterr().out, "a killed run has no scores to advise on"
 
     seen = []
     args = train.build_parser().parse_args(["--out", str(run_dir), "--resume"])
     result = train.train(train.config_from_args(args), resume=True, callbacks=[RecordEpochs(seen)])
     assert seen == [1], "the resumed run starts at the epoch after the last completed one"
+    split = json.loads((run_dir / "split.json").read_text())
+    advice = [line for line in capsys.readouterr().out.splitlines() if line.startswith("few tiles")]
+    assert advice == [fit.few_tiles_advice(result.config, len(split["train"]), len(split["val"]))]
+    assert f"on {len(split['val'])} held-out tiles" in advice[0] and "--val-fraction 0 --epochs 45" in advice[0]
     assert history_epochs(run_dir) == [0, 1]
     assert (run_dir / "model.keras").is_file() and result.config.ema == 0.9
     assert result.metrics["mcc"] == pytest.approx(max(read_history(run_dir / "history.csv")["val_mcc"]), abs=1e-5)
     saved, best = (keras.saving.load_model(run_dir / name, compile=False) for name in ("model.keras", "best.keras"))
     for mine, theirs in zip(saved.non_trainable_weights, best.non_trainable_weights):
         np.testing.assert_array_equal(np.asarray(mine), np.asarray(theirs))
+
+
+def test_few_tiles_advice_is_for_small_datasets_only():
+    from keras_glacier.data.sampling import MIN_STEPS
+    from keras_glacier.training import fit
+
+    config = TrainConfig(batch_size=4)
+    small = fit.few_tiles_advice(config, 9, 3)
+    assert small.startswith("few tiles: these scores measure the recipe on 3 held-out tiles")
+    assert "all 12 labelled tiles with --val-fraction 0 --epochs 45" in small and "--members 2" in small
+    assert fit.few_tiles_advice(config, MIN_STEPS * 4 - 1, 8) is not None
+    assert fit.few_tiles_advice(config, MIN_STEPS * 4, 8) is None, "the demo's 48 and larger sets get no advice"
+    assert fit.few_tiles_advice(dataclasses.replace(config, batch_size=2), 20, 5) is None
 
 
 class RecordEpochs(keras.callbacks.Callback):
