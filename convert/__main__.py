@@ -35,8 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--half",
         action="store_true",
         help="store weights as float16 (half the size; solution.load_model casts them back to float32); "
-        "verified with a looser tolerance: max(5e-2, 1%% of the largest |logit|). An ensemble that would "
-        "exceed 200 MB in float32 is stored in float16 without this flag",
+        "verified with a looser tolerance: max(5e-2, 1%% of the largest |logit|). Whatever would exceed "
+        "200 MB in float32 (an ensemble of two ResNet-34 networks) is stored in float16 without this flag",
     )
     parser.add_argument(
         "--no-verify",
@@ -50,7 +50,7 @@ def run_job(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     keras_paths = [resolve_keras_path(source) for source in args.sources]
     out = Path(args.out) if args.out else keras_paths[0].with_name("model.pth")
-    half = True if args.half else (None if len(keras_paths) > 1 else False)
+    half = True if args.half else None
     report = convert_models(keras_paths, out, half=half, verify=not args.no_verify)
     print(report.summary())
     return 0

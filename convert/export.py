@@ -308,15 +308,16 @@ def _float32_bytes(states: list[dict]) -> int:
 def convert_models(
     sources: list,
     out_path: str | os.PathLike,
-    half: bool | None = False,
+    half: bool | None = None,
     verify: bool = True,
 ) -> ConversionReport:
     """Converts one Keras model or several (an ensemble) into one verified ``model.pth``.
 
     One source writes ``{"format": "keras-glacier/1", "config", "state_dict"}``; several write
     ``{"format": "keras-glacier-ensemble/1", "members": [...]}``, whose members must agree on bands
-    and classes. ``half=None`` chooses float16 only when float32 would exceed the 200 MB limit; a
-    file over the limit even then is refused with its size. Every member is checked against its
+    and classes. ``half=None`` (the default) chooses float16 only when float32 would exceed the 200 MB
+    limit, as two ResNet-34 networks do (whether two sources or one ``train --members 2`` ensemble);
+    a file over the limit even then is refused with its size. Every member is checked against its
     Keras model (parity per member) through the file solution.py will read.
     """
     if not sources:
@@ -339,8 +340,8 @@ def convert_models(
         _check_members_agree(names, configs)
     modules = [build_torch_module(config) for config in configs]
     full = [torch_state_dict(model, module) for model, module in zip(models, modules)]
-    if half is None:
-        half = _float32_bytes(full) > MAX_BYTES * 0.98  # 2% for the container and the configuration
+    halved_to_fit = half is None and _float32_bytes(full) > MAX_BYTES * 0.98  # 2% for the container and config
+    half = bool(half) or halved_to_fit
     states = [_halved(state) if half else state for state in full]
     if len(models) == 1:
         content: dict = {"format": FORMAT, "config": configs[0], "state_dict": states[0]}
@@ -381,7 +382,7 @@ def convert_models(
         measured.update(worst)
 
     size = _save_atomically_verified(content, out_path, verify_file)
-    if half and len(models) > 1:
+    if halved_to_fit:
         notes.append("stored as float16 to stay under the 200 MB limit (solution.py computes in float32)")
     return ConversionReport(
         path=out_path,
@@ -418,10 +419,13 @@ def _halved(state: dict) -> dict:
 def convert_model(
     keras_model_or_path: keras.Model | str | os.PathLike,
     out_path: str | os.PathLike,
-    half: bool | None = False,
+    half: bool | None = None,
     verify: bool = True,
 ) -> ConversionReport:
     """Converts a Keras model (object, .keras file or run folder) into a verified ``model.pth``.
+
+    ``half``: True stores float16, False float32, None (the default) float16 only when float32 would
+    exceed the 200 MB limit (:func:`convert_models`).
 
     Raises ConversionInputError for user mistakes and ConversionError when the model and the PyTorch
     module disagree or the written file does not reproduce the Keras logits; no file is left then,

@@ -179,8 +179,8 @@ def add_tiling_arguments(parser: argparse.ArgumentParser, *, batch_help: str, tt
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m keras_glacier.predict",
-        description="Predict glacier masks with a trained Keras model: one uint8 0/255 TIFF per tile, named and "
-        "georeferenced like the input, exactly as solution.py writes them.",
+        description="Predict glacier masks with a trained Keras model: one uint8 TIFF per tile (0/255 binary, "
+        "0/85/170/255 multi-class), named and georeferenced like the input, exactly as solution.py writes them.",
     )
     parser.add_argument("model", help="run folder (its model.keras is used) or a .keras file")
     parser.add_argument("--data", required=True, type=Path,

@@ -58,9 +58,10 @@ def _default_text(value) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m keras_glacier.train",
-        description="Train the DeepLabV3+ (ResNet-34, ASPP+CBAM) glacier segmenter with XLA-compiled "
-        "Keras+JAX, then export model.keras and the competition's model.pth. Every flag is a field of "
-        "keras_glacier.TrainConfig, the Python API of the same job.",
+        description="Train the DeepLabV3+ (ResNet-34 or ResNet-18, ASPP+CBAM) glacier segmenter with XLA-compiled "
+        "Keras+JAX, then export model.keras and the competition's model.pth. Every training setting is a field "
+        "of keras_glacier.TrainConfig, the Python API of the same job (--resume and --overwrite are keywords of "
+        "keras_glacier.train; --malloc and the flags of several processes belong to the command line).",
     )
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):

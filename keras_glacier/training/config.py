@@ -140,8 +140,9 @@ class TrainConfig:
         "tile 02_07 is scene 02) instead of a random --val-fraction split", metavar="IDS")
     refit: bool = _setting(
         False, "after the run, train the network again on every labelled tile (training and validation) for the "
-        "number of epochs validation chose (its warm-up and cosine spanning those epochs), with the same epoch "
-        "size, and keep that network as the run's model.keras and model.pth, deciding at 0.5 (or --threshold: "
+        "number of epochs that --refit-epochs derives from validation's best epoch (its warm-up and cosine "
+        "spanning those epochs), with the same epoch size, and keep that network as the run's model.keras and "
+        "model.pth, deciding at 0.5 (or --threshold: "
         "validation's choice was made for another network and one validation set); the validated run stays in "
         "RUN_DIR/validation-run and its scores are the run's metrics (the refitted network has seen the "
         "validation tiles, so nothing can score it honestly); with --members N every member is refitted and "
@@ -177,9 +178,10 @@ class TrainConfig:
         False, "cache the selected bands of all tiles in one compact memmap in the run folder, so epochs after "
         "the first do not re-read the source files")
     pretrained: str | None = _setting(
-        None, "initialise the encoder: 'imagenet' (torchvision's ResNet-34 weights, downloaded once into the "
-        "torch hub cache and checked against their hash) or a torchvision-layout ResNet-34 state dict (.pth); "
-        "the 3-channel stem is adapted to the number of bands", metavar="imagenet|FILE")
+        None, "initialise the encoder: 'imagenet' (torchvision's ImageNet weights of the run's encoder, ResNet-18 "
+        "or ResNet-34, downloaded once into the torch hub cache and checked against their hash) or a "
+        "torchvision-layout state dict (.pth) of that encoder; the 3-channel stem is adapted to the number of "
+        "bands", metavar="imagenet|FILE")
     patience: int = _setting(10, "stop after this many epochs without a better validation MCC")
     workers: int = _setting(2, "loader threads")
     demo_tiles: int = _setting(64, "with no --data: number of demo tiles to generate")

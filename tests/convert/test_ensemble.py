@@ -74,6 +74,36 @@ def test_two_runs_make_one_float16_ensemble_checked_member_by_member(runs, tmp_p
     np.testing.assert_allclose(mean.transpose(0, 2, 3, 1), np.mean(probabilities, axis=0), atol=1e-5)
 
 
+def test_one_members_ensemble_over_the_limit_is_stored_in_float16_by_the_training_export(runs, tmp_path, capsys):
+    """``train --members 2`` with ResNet-34 (the demo's and HKH's encoder) saves one GlacierEnsemble and
+    exports it with ``convert_model`` and no flags, as ``python -m convert RUN`` does: ~205 MB in float32."""
+    from convert import convert_model
+    from keras_glacier.model import GlacierEnsemble
+
+    ensemble = GlacierEnsemble([load_keras_model(run) for run in runs], threshold=0.45)
+    report = convert_model(ensemble, tmp_path / "model.pth")
+    assert report.half and "stored as float16 to stay under the 200 MB limit" in report.summary()
+    assert report.max_abs_diff <= report.tolerance
+    content = torch.load(tmp_path / "model.pth", map_location="cpu", weights_only=True)
+    assert content["format"] == "keras-glacier-ensemble/1" and len(content["members"]) == 2
+    assert {t.dtype for m in content["members"] for t in m["state_dict"].values() if t.is_floating_point()} == {
+        torch.float16}
+    assert [m["config"]["threshold"] for m in content["members"]] == [0.45, 0.45]
+
+    folder = tmp_path / "members-run"
+    _save(ensemble, folder)
+    assert main([str(folder), "-o", str(tmp_path / "cli.pth"), "--no-verify"]) == 0
+    assert "stored as float16 to stay under the 200 MB limit" in capsys.readouterr().out
+    assert (tmp_path / "cli.pth").stat().st_size <= convert.export.MAX_BYTES
+
+
+def test_one_network_under_the_limit_stays_float32(runs, tmp_path, capsys):
+    assert main([str(runs[0]), "-o", str(tmp_path / "model.pth"), "--no-verify"]) == 0
+    assert "float16" not in capsys.readouterr().out
+    content = torch.load(tmp_path / "model.pth", map_location="cpu", weights_only=True)
+    assert {t.dtype for t in content["state_dict"].values() if t.is_floating_point()} == {torch.float32}
+
+
 def test_an_ensemble_over_the_limit_even_in_float16_is_refused_with_its_size(runs, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(convert.export, "MAX_BYTES", 60_000_000)
     out = tmp_path / "model.pth"
