@@ -1224,7 +1224,7 @@ def _check_tile_has_data(tile: Tile, image: np.ndarray) -> None:
             raise InputError(f"{tile.band_paths[channel]}: no finite pixel values (all NaN/inf)")
 
 
-def _check_output_folder(output: str, band_dirs: Sequence[Tuple[str, str]]) -> None:
+def _check_output_folder(output: str, band_dirs: Sequence[Tuple[str, str]], mask_names: Sequence[str]) -> None:
     """Masks carry the Band1 file names, so writing into a band folder would overwrite the input."""
     if os.path.exists(output) and not os.path.isdir(output):
         raise InputError(f"{output}: output folder is a file")
@@ -1232,6 +1232,26 @@ def _check_output_folder(output: str, band_dirs: Sequence[Tuple[str, str]]) -> N
         for name, path in band_dirs:
             if os.path.samefile(output, path):
                 raise InputError(f"{output}: output folder is the input band folder {name}")
+        check_no_other_tile_files(output, mask_names)
+
+
+def check_no_other_tile_files(output: str, mask_names: Sequence[str]) -> None:
+    """Refuse an output folder that already holds another file of a tile to be written (its label
+    folder, say): the mask beside it would give that tile two files there, and every later reading of
+    the dataset would refuse the folder. Masks of an earlier run (the same names) are fine to replace.
+    """
+    if not os.path.isdir(output):
+        return
+    writing = {tile_id_from_name(name): name for name in mask_names}
+    for name in sorted(os.listdir(output)):
+        if name.startswith(".") or os.path.splitext(name)[1].lower() not in TIFF_EXTENSIONS:
+            continue
+        tile_id = tile_id_from_name(name)
+        if tile_id in writing and name != writing[tile_id]:
+            raise InputError(
+                f"{output}: output folder already holds {name!r} of tile {tile_id!r} (a label or band folder?); "
+                f"the mask {writing[tile_id]!r} beside it would give that tile two files: choose another folder"
+            )
 
 
 #: Seconds a whole :func:`maskgeration` call may take before it drops TTA views to finish in time.
@@ -1344,7 +1364,7 @@ def maskgeration(
     band_dirs = resolve_band_dirs(imagepath)
     tiles = match_tiles(band_dirs)
     if output is not None:
-        _check_output_folder(output, band_dirs)
+        _check_output_folder(output, band_dirs, [tile.name for tile in tiles])
     device = default_device() if device is None else torch.device(device)
     if batch_size is None:
         batch_size = default_batch_size(device)

@@ -322,15 +322,20 @@ def convert_models(
     """
     if not sources:
         raise ConversionInputError("no model to convert")
+    out_path = Path(out_path)
+    if out_path.is_dir():
+        raise ConversionInputError(f"{out_path}: is a folder; give the output file name (e.g. model.pth)")
+    if out_path.suffix.lower() == ".keras":
+        raise ConversionInputError(f"{out_path}: the output is a PyTorch file, not a Keras model: give a .pth name "
+                                   "(a .keras file there would be replaced)")
+    if out_path.parent.exists() and not out_path.parent.is_dir():
+        raise ConversionInputError(f"{out_path.parent}: is a file, not a folder for the output")
+    if not out_path.parent.is_dir():
+        raise ConversionInputError(f"{out_path.parent}: output folder does not exist")
     keras_models = [source if isinstance(source, keras.Model) else load_keras_model(source) for source in sources]
     networks = _networks(keras_models, [_source_name(source) for source in sources], sources)
     models = [network[0] for network in networks]
     names = [network[1] for network in networks]
-    out_path = Path(out_path)
-    if out_path.is_dir():
-        raise ConversionInputError(f"{out_path}: is a folder; give the output file name (e.g. model.pth)")
-    if not out_path.parent.is_dir():
-        raise ConversionInputError(f"{out_path.parent}: output folder does not exist")
 
     configs = [model_config(model, run_config) for model, _, run_config, _ in networks]
     for config, (_, _, _, threshold) in zip(configs, networks):

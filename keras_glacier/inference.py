@@ -21,7 +21,7 @@ import numpy as np
 import keras_glacier  # noqa: F401  (selects the JAX backend before keras is imported)
 from keras_glacier.constants import OUTPUT_STRIDE
 from keras_glacier.data.errors import InputError
-from keras_glacier.data.sources import NPY, DatasetSource, Sample, read_sample
+from keras_glacier.data.sources import NPY, TIFF, DatasetSource, Sample, read_sample
 from keras_glacier.shared import shared, solution_module  # noqa: F401  (re-exported for the jobs)
 from keras_glacier.training.run_folder import CONFIG_FILE, RUN_FILE
 
@@ -335,6 +335,8 @@ def check_output_folder(out: Path, source: DatasetSource) -> None:
     for folder in sorted(folders):
         if os.path.samefile(out, folder):
             raise InputError(f"{out}: output folder is an input folder; masks would overwrite the inputs")
+    if source.kind == TIFF:  # a band-folder dataset's masks take the Band1 names, as solution.py writes them
+        shared("check_no_other_tile_files", str(out), [os.path.basename(s.image_paths[0]) for s in source.samples])
 
 
 def make_folder(folder: Path) -> None:

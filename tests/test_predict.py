@@ -216,6 +216,7 @@ def test_bands_come_from_the_run_for_slices_only(demo_npy_source, demo_tiff_sour
         ("not_keras", "not a .keras model file"),
         ("bad_window", "--window 100"),
         ("out_is_band1", "output folder is an input folder"),
+        ("out_is_label", "output folder already holds 'Y_output_resized_"),
         ("band_count", "the model takes 5 bands but"),
     ],
 )
@@ -232,15 +233,19 @@ def test_bad_input_is_one_error_line(case, expected, run, geo_root, demo_npy_roo
         extra = ["--window", "100"]
     elif case == "out_is_band1":
         out = geo_root / "Band1"
+    elif case == "out_is_label":
+        out = geo_root / "label"
     elif case == "band_count":
         data, extra = demo_npy_root, ["--bands", "1,2,3"]
     before = sorted(p.name for p in (geo_root / "Band1").iterdir())
+    labels = sorted(p.name for p in (geo_root / "label").iterdir())
     status, stdout, stderr = run_cli(predict.main, [model, "--data", data, "--out", out, *extra])
     assert status == 2
     assert stdout == ""
     assert stderr.startswith("error: ") and stderr.count("\n") == 1
     assert expected in stderr
     assert sorted(p.name for p in (geo_root / "Band1").iterdir()) == before
+    assert sorted(p.name for p in (geo_root / "label").iterdir()) == labels
 
 
 def test_threshold_comes_from_the_run_and_the_flag_overrides_it(run, geo_root, tmp_path):

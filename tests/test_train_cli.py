@@ -76,6 +76,16 @@ def test_existing_run_is_never_overwritten_by_accident(finished_run, capsys):
     assert (run_dir / "model.keras").stat().st_mtime_ns == before
 
 
+@pytest.mark.parametrize("below", ["", "sub"])
+def test_an_out_that_is_a_file_gets_one_line(below, tmp_path, capsys):
+    (tmp_path / "f").write_text("kept")
+    out = tmp_path / "f" / below if below else tmp_path / "f"
+    assert train.main(["--out", str(out), "--epochs", "1", *TINY]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: --out {out}: {tmp_path / 'f'} is a file, not a folder; give a run folder"
+    assert (tmp_path / "f").read_text() == "kept"
+
+
 class KillAfterEpoch(keras.callbacks.Callback):
     """Simulates a run killed after the backup of ``epoch`` was written."""
 

@@ -58,6 +58,10 @@ class RunResult:
 def choose_run_dir(config: TrainConfig, resume: bool, overwrite: bool) -> Path:
     """Pick the run folder without ever clobbering a previous run by accident."""
     out = None if config.out is None else Path(config.out)
+    if out is not None:
+        blocking = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
+        if blocking is not None:
+            raise UsageError(f"--out {out}: {blocking} is a file, not a folder; give a run folder")
     if resume:
         if out is None:
             raise UsageError("--resume needs --out RUN_DIR (the run to continue)")

@@ -218,6 +218,18 @@ def test_output_folder_must_exist(run_dir, tmp_path, capsys):
     assert "output folder does not exist" in _one_error_line(capsys.readouterr().err)
 
 
+def test_an_output_that_is_a_keras_model_or_under_a_file_is_refused_before_anything_is_written(run_dir, tmp_path,
+                                                                                              capsys):
+    keras_file = run_dir / "model.keras"
+    before = keras_file.read_bytes()
+    assert main([str(run_dir), "-o", str(keras_file)]) == 2
+    assert "give a .pth name" in _one_error_line(capsys.readouterr().err)
+    assert keras_file.read_bytes() == before
+    (tmp_path / "afile").write_text("x")
+    assert main([str(run_dir), "-o", str(tmp_path / "afile" / "model.pth")]) == 2
+    assert f"{tmp_path / 'afile'}: is a file, not a folder" in _one_error_line(capsys.readouterr().err)
+
+
 def test_every_flag_has_help():
     parser = build_parser()
     assert all(action.help for action in parser._actions)

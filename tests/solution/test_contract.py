@@ -344,6 +344,20 @@ def test_output_folder_that_is_a_file_or_an_input_folder(tmp_path, data, weights
     with pytest.raises(InputError, match=r"Band1: output folder is the input band folder Band1"):
         maskgeration(root, root / "Band1", weights=weights, **FAST)
     assert (root / "Band1" / "B2_B2_masked_02_07.tif").read_bytes() == before
+    # Another folder of the dataset (its labels, as the template's main() passes every folder): refused,
+    # since a mask beside a label of the same tile breaks the dataset for every later reading.
+    labels = root / "label"
+    labels.mkdir()
+    tifffile.imwrite(labels / "Y_output_resized_02_07.tif", np.zeros((64, 64), np.uint8))
+    with pytest.raises(InputError, match=r"label: output folder already holds 'Y_output_resized_02_07.tif' of tile "
+                                         r"'02_07' \(a label or band folder\?\)"):
+        maskgeration(band_dict(root), labels, weights=weights, **FAST)
+    assert os.listdir(labels) == ["Y_output_resized_02_07.tif"]
+    # Masks of an earlier run, under their own names, are replaced as before.
+    out = tmp_path / "masks"
+    maskgeration(root, out, weights=weights, **FAST)
+    maskgeration(root, out, weights=weights, **FAST)
+    assert sorted(os.listdir(out)) == sorted(os.listdir(root / "Band1"))
 
 
 # --- atomic writes -------------------------------------------------------------------------------------
