@@ -812,6 +812,10 @@ def _build_member(
     for key, value in expected.items():
         value = state.get(key, value)  # num_batches_tracked may be absent (e.g. Keras export)
         full[key] = value.float() if value.is_floating_point() else value
+    broken = [k for k, v in full.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if broken:  # NaN logits would threshold to all-background masks, silently
+        raise InputError(f"{where}: weights hold NaN or infinite values ({_first(broken)}): the network diverged "
+                         "in training; train it again (e.g. at a lower --lr)")
     model.load_state_dict(full)
     return model
 

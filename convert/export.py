@@ -333,6 +333,10 @@ def convert_models(
     if not out_path.parent.is_dir():
         raise ConversionInputError(f"{out_path.parent}: output folder does not exist")
     keras_models = [source if isinstance(source, keras.Model) else load_keras_model(source) for source in sources]
+    from keras_glacier.inference import check_finite_weights
+
+    for model, source in zip(keras_models, sources):
+        check_finite_weights(model, _source_name(source))
     networks = _networks(keras_models, [_source_name(source) for source in sources], sources)
     models = [network[0] for network in networks]
     names = [network[1] for network in networks]

@@ -1,14 +1,17 @@
-"""Training callbacks that keras does not ship: the averaged weights swapped in, figures written as the run goes."""
+"""Training callbacks that keras does not ship: the averaged weights swapped in, figures written as the run
+goes, a diverged run stopped."""
 
 from __future__ import annotations
 
 import csv
+import math
 from collections import defaultdict
 from pathlib import Path
 
 import keras
 import numpy as np
 
+from keras_glacier.errors import UsageError
 from keras_glacier.plots import plot_curves, plot_predictions
 
 
@@ -120,3 +123,24 @@ class AveragedWeights(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if not self.averaged_in_model:
             self.swap()
+
+
+class StopOnNonFiniteLoss(keras.callbacks.Callback):
+    """Ends a run whose training loss became NaN or infinite, with one line naming the epoch and --lr.
+
+    Why: a diverged network's probabilities are NaN, which every threshold turns into background, so
+    the run would otherwise save, export and score a model that writes empty masks. Keras'
+    ``TerminateOnNaN`` only stops training, and the run goes on to save. Checked at each epoch's end,
+    where the epoch's mean loss is already a number (a check every step would wait for each step).
+    First among the run's callbacks, so the backup, the checkpoint and the history never keep that epoch.
+    """
+
+    def __init__(self, lr: float):
+        super().__init__()
+        self.lr = lr
+
+    def on_epoch_end(self, epoch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            raise UsageError(f"training diverged: the loss was {float(loss)} in epoch {epoch + 1}, and nothing of "
+                             f"that epoch was kept; train again at a lower --lr (this run: {self.lr:g})")

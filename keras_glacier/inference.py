@@ -135,6 +135,7 @@ def load_run(source) -> LoadedModel:
             reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
             raise InputError(f"{path}: cannot load as a Keras model ({reason})") from exc
         loaded = LoadedModel(model, path, config)
+    check_finite_weights(loaded.model, loaded.name)
     inputs, outputs = loaded.model.inputs, loaded.model.outputs
     if len(inputs) != 1 or len(inputs[0].shape) != 4 or len(outputs) != 1 or len(outputs[0].shape) != 4:
         raise InputError(f"{loaded.name}: not a segmentation model taking (B, H, W, bands) and returning (B, H, W, K)")
@@ -146,6 +147,19 @@ def load_run(source) -> LoadedModel:
             f"{settings['task']} model with classes {', '.join(settings['class_names'])} ({expected} outputs)"
         )
     return loaded
+
+
+def check_finite_weights(model, name) -> None:
+    """Refuse a network with NaN or infinite weights (one that diverged in training): its NaN
+    probabilities would threshold to all-background masks without a word."""
+    import keras
+
+    broken = [variable.path for variable in model.weights
+              if "float" in str(variable.dtype) and not np.isfinite(keras.ops.convert_to_numpy(variable)).all()]
+    if broken:
+        shown = ", ".join(broken[:3]) + (f" (+{len(broken) - 3} more)" if len(broken) > 3 else "")
+        raise InputError(f"{name}: weights hold NaN or infinite values ({shown}): the network diverged in "
+                         "training; train it again (e.g. at a lower --lr)")
 
 
 def keras_forward(model) -> Forward:

@@ -86,6 +86,40 @@ def test_an_out_that_is_a_file_gets_one_line(below, tmp_path, capsys):
     assert (tmp_path / "f").read_text() == "kept"
 
 
+@pytest.mark.parametrize("extra", [[], ["--val-fraction", "0"]], ids=["validated", "no-validation"])
+def test_a_diverged_run_stops_with_one_line_and_saves_nothing(extra, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train.main(["--out", str(out), "--epochs", "2", "--lr", "1e12", *TINY, *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: training diverged: the loss was nan in epoch 1") and "\n" not in err
+    assert err.endswith("train again at a lower --lr (this run: 1e+12)")
+    assert not (out / "model.keras").exists() and not (out / "model.pth").exists()
+    assert not (out / "best.keras").exists()
+    assert not (out / "history.csv").exists() or history_epochs(out) == [], "the diverged epoch is not kept"
+
+
+def test_predict_evaluate_and_convert_refuse_a_keras_model_with_non_finite_weights(finished_run, tmp_path, capsys):
+    from convert.__main__ import main as convert_main
+    from keras_glacier import evaluate, predict
+    from keras_glacier.fileio import save_keras_model
+
+    run_dir, _ = finished_run
+    model = keras.saving.load_model(run_dir / "model.keras", compile=False)
+    variable = model.trainable_weights[0]
+    variable.assign(keras.ops.full(variable.shape, float("nan")))
+    broken = tmp_path / "diverged.keras"
+    save_keras_model(model, broken)
+    data = run_dir / "demo_data"
+    for main, argv in ((predict.main, [str(broken), "--data", str(data), "--out", str(tmp_path / "masks")]),
+                       (evaluate.main, ["--labels-from", str(data), "--model", str(broken), "--out",
+                                        str(tmp_path / "report")]),
+                       (convert_main, [str(broken), "-o", str(tmp_path / "model.pth")])):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"error: {broken}: weights hold NaN or infinite values (") and "\n" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["diverged.keras"]
+
+
 class KillAfterEpoch(keras.callbacks.Callback):
     """Simulates a run killed after the backup of ``epoch`` was written."""
 

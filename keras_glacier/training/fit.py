@@ -156,7 +156,7 @@ def make_callbacks(config: TrainConfig, run_dir: Path, train_seq, val_seq, stats
                    class_names: Sequence[str] = ("background", "glacier")):
     import keras
 
-    from keras_glacier.callbacks import AveragedWeights, FigureWriter
+    from keras_glacier.callbacks import AveragedWeights, FigureWriter, StopOnNonFiniteLoss
     from keras_glacier.data.dataset import EpochSync
 
     preview = [val_seq.load(i) for i in range(min(3, len(val_seq.samples)))]
@@ -169,6 +169,7 @@ def make_callbacks(config: TrainConfig, run_dir: Path, train_seq, val_seq, stats
     # weights; the backup before it keeps the raw ones that training continues from.
     average = [AveragedWeights()] if config.ema > 0 else []
     return [
+        StopOnNonFiniteLoss(config.lr),
         EpochSync(train_seq, val_seq),
         parallel.backup_and_restore(run_dir / "backup"),
         *average,

@@ -54,7 +54,7 @@ def fit_blind(settings: TrainConfig, run_dir: Path, train_seq, stats, bands, ban
     """
     import keras
 
-    from keras_glacier.callbacks import AveragedWeights
+    from keras_glacier.callbacks import AveragedWeights, StopOnNonFiniteLoss
     from keras_glacier.data.dataset import EpochSync
     from keras_glacier.training import parallel
     from keras_glacier.training.batchnorm import recompute_for_run
@@ -63,7 +63,7 @@ def fit_blind(settings: TrainConfig, run_dir: Path, train_seq, stats, bands, ban
     model = build_model(settings, stats, len(bands), band_names, list(source.class_names), source.class_values,
                         encoder)
     compile_model(model, settings, len(train_seq), list(source.class_names), class_weights_for(settings, summary))
-    fitting = [EpochSync(train_seq), parallel.backup_and_restore(run_dir / "backup"),
+    fitting = [StopOnNonFiniteLoss(settings.lr), EpochSync(train_seq), parallel.backup_and_restore(run_dir / "backup"),
                *([AveragedWeights()] if settings.ema > 0 else []),
                keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=resume)]
     model.fit(train_seq, epochs=settings.epochs, callbacks=[*fitting, *callbacks, *parallel.step_callbacks()],

@@ -151,6 +151,20 @@ def test_load_model_reports_incompatible_weights(model, tmp_path):
     assert "decoder.low_proj.conv.weight expected (48, 64, 1, 1) got (32, 64, 1, 1)" in message
 
 
+def test_load_model_refuses_weights_a_diverged_training_left_non_finite(model, tmp_path):
+    """NaN logits would threshold to all-background masks: the file is refused, naming the tensors."""
+    for bad in (float("nan"), float("inf")):
+        state = dict(model.state_dict())
+        state["aspp.b1.conv.weight"] = state["aspp.b1.conv.weight"].clone()
+        state["aspp.b1.conv.weight"][0, 0, 0, 0] = bad
+        path = save_weights(model, tmp_path / "diverged.pth")
+        torch.save(state, path)
+        with pytest.raises(InputError) as info:
+            load_model(path, "cpu")
+        assert str(info.value) == (f"{path}: weights hold NaN or infinite values (aspp.b1.conv.weight): the network "
+                                   "diverged in training; train it again (e.g. at a lower --lr)")
+
+
 def test_load_model_reports_missing_corrupt_or_pickled_files(model, tmp_path):
     with pytest.raises(InputError, match=r"nope.pth: model weights not found"):
         load_model(tmp_path / "nope.pth")
