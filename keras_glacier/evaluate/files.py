@@ -57,12 +57,32 @@ def read_prediction(pred_dir: Path, tile: TileData, threshold: float = 0.5, clas
 
 
 def folder_has_multiclass_values(pred_dir: Path, samples: Sequence[Sample]) -> bool:
-    """Whether any prediction of ``samples`` holds a value only multi-class masks use (85, 170)."""
+    """Whether any prediction of ``samples`` holds a value only multi-class masks use (85, 170).
+
+    Then every file is read as multi-class, so the band-folder labels must be multi-class too
+    (:func:`check_labels_are_multiclass`): binary labels' 255 (glacier) would be scored as lake.
+    """
     for sample in samples:
-        array = shared("read_band", prediction_path(pred_dir, sample))
-        if np.isin(array, list(MULTICLASS_ONLY_VALUES)).any():
+        path = prediction_path(pred_dir, sample)
+        if np.isin(shared("read_band", path), list(MULTICLASS_ONLY_VALUES)).any():
+            check_labels_are_multiclass(samples, path)
             return True
     return False
+
+
+def check_labels_are_multiclass(samples: Sequence[Sample], evidence: Path) -> None:
+    """Refuse multi-class predictions (``evidence`` holds 85 or 170) against band-folder labels none of
+    which holds a multi-class value: those are binary 0/255 masks, and scoring them as the phase-2
+    values would read every glacier pixel as lake, a silent wrong result."""
+    labelled = [sample for sample in samples if sample.kind != NPY and sample.label_path]
+    for sample in labelled:
+        if np.isin(shared("read_band", sample.label_path), list(MULTICLASS_ONLY_VALUES)).any():
+            return
+    if labelled:
+        raise InputError(
+            f"{evidence}: a multi-class value (85 or 170) in the predictions, but the labels of these "
+            f"{len(labelled)} tiles hold binary values only (e.g. {labelled[0].label_path}): their glacier (255) "
+            "would be scored as lake; give the binary model's masks, or labels in the phase-2 values")
 
 
 def select_samples(source: DatasetSource, split: str | Path | None, subset: str | None = None) -> list[Sample]:

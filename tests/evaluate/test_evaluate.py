@@ -167,6 +167,8 @@ def test_per_tile_degenerate_tiles():
         ("no_labels", "no labels"),
         ("subset_without_split", "--subset train: needs --split"),
         ("split_missing", "split.json: split file not found"),
+        ("multiclass_prediction", "B1_02.tif: a multi-class value (85 or 170) in the predictions, but the labels "
+                                  "of these 3 tiles hold binary values only"),
     ],
 )
 def test_bad_input_is_one_error_line(case, expected, hand_made_folders, tmp_path):
@@ -188,6 +190,10 @@ def test_bad_input_is_one_error_line(case, expected, hand_made_folders, tmp_path
         argv += ["--subset", "train"]
     elif case == "split_missing":
         argv += ["--split", tmp_path / "split.json"]
+    elif case == "multiclass_prediction":  # one debris pixel: scored as phase 2, the labels' 255 would be lake
+        mask = (tifffile.imread(pred / "B1_02.tif") > 0).astype(np.uint8) * 255
+        mask[7, 0] = 170
+        tifffile.imwrite(pred / "B1_02.tif", mask)
     status, stdout, stderr = run_cli(evaluate.main, argv)
     assert status == 2 and stdout == ""
     assert stderr.startswith("error: ") and stderr.count("\n") == 1
