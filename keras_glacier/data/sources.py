@@ -200,12 +200,14 @@ def _slice_files(root: Path, entries: list[str]) -> tuple[str, dict[str, dict[tu
 def _discover_npy(root: Path, entries: list[str], task: str, mask_layout: str) -> DatasetSource:
     image_word, files = _slice_files(root, entries)
     images, masks = files["image"], files["mask"]
-    for key, name in images.items():
+    for key, name in images.items():  # the missing partner named as the dataset spells it (zero-padded or not)
         if key not in masks:
-            raise InputError(f"{root / name}: no mask file slice_{key[0]}_mask_{key[1]}.npy for this image")
+            partner = name.replace(f"_{image_word}_", "_mask_", 1)
+            raise InputError(f"{root / name}: no mask file {partner} for this image")
     for key, name in masks.items():
         if key not in images:
-            raise InputError(f"{root / name}: no image file slice_{key[0]}_{image_word}_{key[1]}.npy for this mask")
+            partner = name.replace("_mask_", f"_{image_word}_", 1)
+            raise InputError(f"{root / name}: no image file {partner} for this mask")
     keys = sorted(images, key=lambda key: (str(type(key[0])), key))
     layout = resolve_layout([str(root / masks[key]) for key in keys], mask_layout, load=load_npy)
     samples = tuple(
