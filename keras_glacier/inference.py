@@ -93,6 +93,10 @@ def resolve_model_path(source: str | os.PathLike) -> Path:
         raise InputError(f"{path}: model not found (give a run folder or a .keras file)")
     if path.suffix != ".keras":
         raise InputError(f"{path}: not a .keras model file (give a run folder or a .keras file)")
+    import zipfile
+
+    if not zipfile.is_zipfile(path):  # else Keras says "File not found" of a file that is there
+        raise InputError(f"{path}: not a .keras archive (not a zip file: truncated, or another format?)")
     return path
 
 

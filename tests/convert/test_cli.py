@@ -197,14 +197,24 @@ def test_missing_path_is_a_one_line_error_from_the_real_entry_point(tmp_path):
     assert result.stdout == ""
 
 
+def _zip_without_model(path):
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("notes.txt", "no config.json, no weights")
+    return path
+
+
 @pytest.mark.parametrize(
     ("make", "message"),
     [
         (lambda d: d, "no model.keras in this run folder"),
         (lambda d: (d / "notes.txt").write_text("x") and d / "notes.txt", "not a .keras model file"),
-        (lambda d: (d / "broken.keras").write_text("x") and d / "broken.keras", "cannot load as a Keras model"),
+        (lambda d: (d / "broken.keras").write_text("x") and d / "broken.keras",
+         "broken.keras: not a .keras archive (not a zip file"),
+        (lambda d: _zip_without_model(d / "empty.keras"), "cannot load as a Keras model"),
     ],
-    ids=["empty-folder", "not-keras", "corrupt-keras"],
+    ids=["empty-folder", "not-keras", "corrupt-keras", "zip-without-a-model"],
 )
 def test_user_mistakes_exit_2(tmp_path, capsys, make, message):
     source = make(tmp_path)

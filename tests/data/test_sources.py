@@ -335,6 +335,11 @@ def test_unusual_npy_headers_fall_back_to_numpy(tmp_path):
     np.save(objects, np.array([{"x": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(InputError, match="o.npy: cannot read .npy file"):
         sources._load_npy(str(objects))
+    for name, content in (("text.npy", b"slice 1, not an array"), ("empty.npy", b"")):
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(InputError, match=rf"{name}: not a \.npy file \(no NumPy header; truncated, or another "
+                                             r"format\?\)$"):
+            sources._load_npy(str(tmp_path / name))
 
 
 # ----------------------------------------------------------------------------------------------
