@@ -332,11 +332,12 @@ def convert_models(
         raise ConversionInputError(f"{out_path.parent}: is a file, not a folder for the output")
     if not out_path.parent.is_dir():
         raise ConversionInputError(f"{out_path.parent}: output folder does not exist")
-    keras_models = [source if isinstance(source, keras.Model) else load_keras_model(source) for source in sources]
     from keras_glacier.inference import check_finite_weights
 
-    for model, source in zip(keras_models, sources):
-        check_finite_weights(model, _source_name(source))
+    for source in sources:  # files are checked as load_run reads them
+        if isinstance(source, keras.Model):
+            check_finite_weights(source, _source_name(source))
+    keras_models = [source if isinstance(source, keras.Model) else load_keras_model(source) for source in sources]
     networks = _networks(keras_models, [_source_name(source) for source in sources], sources)
     models = [network[0] for network in networks]
     names = [network[1] for network in networks]

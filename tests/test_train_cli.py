@@ -117,6 +117,11 @@ def test_predict_evaluate_and_convert_refuse_a_keras_model_with_non_finite_weigh
         assert main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith(f"error: {broken}: weights hold NaN or infinite values (") and "\n" not in err
+    from convert import convert_model
+    from keras_glacier.errors import InputError
+
+    with pytest.raises(InputError, match="weights hold NaN or infinite values"):  # the training export's path
+        convert_model(model, tmp_path / "model.pth")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["diverged.keras"]
 
 

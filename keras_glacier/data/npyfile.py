@@ -59,9 +59,6 @@ def npy_layout(path: str):
 def load_npy(path: str) -> np.ndarray:
     """The array of a .npy file, memory-mapped read-only, safe to call from several threads."""
     try:
-        with open(path, "rb") as fh:
-            if fh.read(6) != b"\x93NUMPY":  # else numpy's message blames pickled data
-                raise InputError(f"{path}: not a .npy file (no NumPy header; truncated, or another format?)")
         layout = npy_layout(path)
         if layout is not None:
             dtype, shape, fortran, offset = layout
@@ -70,7 +67,15 @@ def load_npy(path: str) -> np.ndarray:
             return np.load(path, mmap_mode="r", allow_pickle=False)
     except FileNotFoundError:
         raise InputError(f"{path}: file not found") from None
-    except InputError:
-        raise
     except (ValueError, OSError, EOFError) as exc:
+        if not _has_npy_magic(path):  # numpy's own message would blame pickled data
+            raise InputError(f"{path}: not a .npy file (no NumPy header; truncated, or another format?)") from exc
         raise InputError(f"{path}: cannot read .npy file ({type(exc).__name__}: {exc})") from exc
+
+
+def _has_npy_magic(path: str) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(6) == b"\x93NUMPY"
+    except OSError:
+        return False
