@@ -19,11 +19,20 @@ gained (0.513 and 0.537 against 0.517 without; scratch measurement over the kept
 batches are as large as :data:`BATCH_PIXELS` allows and of equal size; several batches are combined
 as one set (the mean of their means, and the mean of their variances plus the variance of their
 means), and at most :data:`MAX_TILES` tiles are measured.
+
+One layer is different: the ASPP image-pool branch's BatchNorm sees one value per channel per tile
+(the tile's average), so its statistics rest on as many values as there are tiles. A run on one large
+tile would set its variance to 0, and every tile predicted afterwards would have its pooled features
+multiplied by about 300 (1/sqrt(eps)): on everest-west's rows merged into one 480x480 tile a network
+then called 1.5% of a 41%-glacier row glacier (MCC 0.03). A layer whose input gives fewer than
+:data:`MIN_VALUES` values per channel keeps the statistics training gave it (running averages over
+batches of crops) and is named.
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 
@@ -37,6 +46,29 @@ MAX_TILES = 128
 #: tiles of 160 x 160 in one batch. Training mode without gradients keeps a few activations of the batch
 #: alive at a time: about 1-2 GB for ResNet-34 at this size.
 BATCH_PIXELS = 4 * 2**20
+
+#: The fewest values per channel a layer's statistics are recomputed from: everest-west's 9 tiles (the
+#: figures in the module docstring) give its image-pool layer 9; two batches of crops' worth.
+MIN_VALUES = 8
+
+
+class Recomputed(NamedTuple):
+    """What :func:`recompute_batchnorm_statistics` did: layers recomputed, and the names of those that kept
+    their statistics (too few values per channel)."""
+
+    updated: int
+    kept: tuple[str, ...] = ()
+
+
+def values_per_tile(layer) -> int | None:
+    """Values per channel that one tile gives ``layer``: the product of its input's fixed spatial sizes (1
+    after a global pooling), or None where they follow the tile's size (or the input is unknown)."""
+    try:
+        shape = tuple(layer.input.shape)
+    except (AttributeError, ValueError):  # not in a functional graph, or called more than once
+        return None
+    spatial = shape[1:-1]
+    return math.prod(spatial) if spatial and all(isinstance(size, int) for size in spatial) else None
 
 
 def statistics_tiles(tiles, seed: int, limit: int = MAX_TILES) -> list:
@@ -63,31 +95,39 @@ def batchnorm_layers(model) -> list:
             if isinstance(layer, keras.layers.BatchNormalization)]
 
 
-def recompute_batchnorm_statistics(model, batches) -> int:
+def recompute_batchnorm_statistics(model, batches) -> Recomputed:
     """Set every BatchNormalization layer's moving mean and variance to those of ``batches``.
 
     ``batches``: a sequence of ``(images, ...)`` batches of whole tiles as the model takes them (raw
-    band values for a GlacierDeepLab). Each batch is weighted by its pixel count. Returns the
-    number of layers updated (0 when the model has none). The layers' momentum and the dropout rates
-    are restored whatever happens, and nothing is assigned unless every batch went through.
+    band values for a GlacierDeepLab). Each batch is weighted by its pixel count. A layer whose input
+    holds fewer than :data:`MIN_VALUES` values per channel over all the tiles (:func:`too_few_values`:
+    the image-pool branch's, on fewer tiles) keeps its statistics and normalises with them during the
+    pass, so that the layers after it are measured on what they receive at inference. Returns the
+    layers updated (0 when the model has none) and those kept. The layers' momentum, trainability and the
+    dropout rates are restored whatever happens, and nothing is assigned unless every batch went through.
     """
     import keras
 
     norms = batchnorm_layers(model)
     if not norms:
-        return 0
+        return Recomputed(0)
+    tiles = tile_count(batches)
+    kept = [layer for layer in norms if too_few_values(layer, tiles)]
+    measured = [layer for layer in norms if layer not in kept]
     dropouts = [layer for layer in model._flatten_layers(include_self=False, recursive=True)
                 if isinstance(layer, keras.layers.Dropout)]
-    momenta = [layer.momentum for layer in norms]
+    momenta = [layer.momentum for layer in measured]
     rates = [layer.rate for layer in dropouts]
-    sums = [[0.0, 0.0] for _ in norms]  # per layer: weighted sum of means, of (variance + mean^2)
+    sums = [[0.0, 0.0] for _ in measured]  # per layer: weighted sum of means, of (variance + mean^2)
     total = 0.0
     try:
-        for layer in norms:
+        for layer in measured:
             layer.momentum = 0.0
+        for layer in kept:  # normalises with its kept statistics, so the layers after it see what inference gives
+            layer.trainable = False
         for layer in dropouts:
             layer.rate = 0.0
-        measure = _batch_statistics(model, norms)
+        measure = _batch_statistics(model, measured)
         for index in range(len(batches)):
             images = batches[index][0]
             weight = float(math.prod(images.shape[:-1]))
@@ -97,17 +137,33 @@ def recompute_batchnorm_statistics(model, batches) -> int:
                 acc[1] = acc[1] + weight * (np.asarray(variance, dtype=np.float64) + mean**2)
             total += weight
     finally:
-        for layer, momentum in zip(norms, momenta):
+        for layer, momentum in zip(measured, momenta):
             layer.momentum = momentum
+        for layer in kept:
+            layer.trainable = True
         for layer, rate in zip(dropouts, rates):
             layer.rate = rate
     if total == 0:
-        return 0
-    for layer, (mean_sum, square_sum) in zip(norms, sums):
+        return Recomputed(0)
+    for layer, (mean_sum, square_sum) in zip(measured, sums):
         mean = mean_sum / total
         layer.moving_mean.assign(mean.astype(layer.moving_mean.dtype))
         layer.moving_variance.assign(np.maximum(square_sum / total - mean**2, 0.0).astype(layer.moving_variance.dtype))
-    return len(norms)
+    return Recomputed(len(measured), tuple(layer.name for layer in kept))
+
+
+def too_few_values(layer, tiles: int) -> bool:
+    """Whether ``tiles`` tiles give ``layer`` fewer than :data:`MIN_VALUES` values per channel."""
+    per_tile = values_per_tile(layer)
+    return per_tile is not None and per_tile * tiles < MIN_VALUES
+
+
+def tile_count(batches) -> int:
+    """How many tiles ``batches`` holds: a GlacierSequence's samples, or the sum of a list's batch sizes."""
+    samples = getattr(batches, "samples", None)
+    if samples is not None:
+        return len(samples)
+    return sum(int(batch[0].shape[0]) for batch in batches)
 
 
 def _batch_statistics(model, norms):
@@ -145,12 +201,15 @@ def recompute_for_run(config, run_dir, model, tiles, stats, bands) -> None:
     tiles = statistics_tiles(tiles, config.seed)
     batch = statistics_batch_size(len(tiles), math.prod(tile_shape(tiles[0])))
     sequence = statistics_sequence(config, run_dir, tiles, stats, bands, batch)
-    layers = parallel.update_from_chief(model, lambda local: recompute_batchnorm_statistics(local, sequence))
-    if parallel.is_chief() and layers:
-        print(f"BatchNorm statistics of {layers} layers recomputed on {len(sequence.samples)} training tiles, whole "
-              f"and un-augmented ({time.perf_counter() - start:.1f} s; --bn-stats running keeps the training "
-              "batches' running averages)", flush=True)
+    done = parallel.update_from_chief(model, lambda local: recompute_batchnorm_statistics(local, sequence))
+    if parallel.is_chief() and done and done.updated:
+        kept = (f"; {', '.join(done.kept)} kept the training batches' statistics (its input is one value per tile: "
+                f"{len(sequence.samples)} tiles are too few to measure)" if done.kept else "")
+        print(f"BatchNorm statistics of {done.updated} layers recomputed on {len(sequence.samples)} training tiles, "
+              f"whole and un-augmented ({time.perf_counter() - start:.1f} s; --bn-stats running keeps the training "
+              f"batches' running averages){kept}", flush=True)
 
 
-__all__ = ["BATCH_PIXELS", "MAX_TILES", "batchnorm_layers", "recompute_batchnorm_statistics", "recompute_for_run",
-           "statistics_batch_size", "statistics_tiles"]
+__all__ = ["BATCH_PIXELS", "MAX_TILES", "MIN_VALUES", "Recomputed", "batchnorm_layers",
+           "recompute_batchnorm_statistics", "recompute_for_run", "statistics_batch_size", "statistics_tiles",
+           "tile_count", "too_few_values", "values_per_tile"]

@@ -85,7 +85,7 @@ class TrainConfig:
         None, "training crops per epoch, drawn from the tiles with probability proportional to their area "
         "(default: derived from the data, see keras_glacier.data.sampling; at least one per tile)", metavar="N")
     batch_size: int = _setting(
-        4, "crops per step: the global batch, summed over all devices (and processes) when data-parallel; "
+        4, "crops per step, at least 2: the global batch, summed over all devices (and processes) when data-parallel; "
         "then a multiple of the device count")
     crop: int = _setting(
         256, "random square crop for training, a multiple of 16; tiles no larger than it are used whole "
@@ -212,6 +212,10 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise UsageError(f"{flag_of(name)} must be a whole number of at least 1, got {value!r}")
+        if self.batch_size < 2:
+            raise UsageError("--batch-size must be at least 2: the ASPP image-pool branch's BatchNorm normalises one "
+                             "value per crop, so a batch of 1 gives it no variance and its statistics would blow up "
+                             "every prediction")
         if self.samples_per_epoch is not None and (
                 not isinstance(self.samples_per_epoch, int) or self.samples_per_epoch < 1):
             raise UsageError(f"--samples-per-epoch must be at least 1, got {self.samples_per_epoch!r}")
