@@ -203,11 +203,13 @@ def recompute_for_run(config, run_dir, model, tiles, stats, bands) -> None:
     sequence = statistics_sequence(config, run_dir, tiles, stats, bands, batch)
     done = parallel.update_from_chief(model, lambda local: recompute_batchnorm_statistics(local, sequence))
     if parallel.is_chief() and done and done.updated:
-        kept = (f"; {', '.join(done.kept)} kept the training batches' statistics (its input is one value per tile: "
-                f"{len(sequence.samples)} tiles are too few to measure)" if done.kept else "")
-        print(f"BatchNorm statistics of {done.updated} layers recomputed on {len(sequence.samples)} training tiles, "
-              f"whole and un-augmented ({time.perf_counter() - start:.1f} s; --bn-stats running keeps the training "
-              f"batches' running averages){kept}", flush=True)
+        count = len(sequence.samples)
+        tiles = f"{count} training tile{'' if count == 1 else 's'}"
+        kept = (f"; {', '.join(done.kept)} kept the training batches' statistics (one value per tile: {tiles} "
+                f"{'is' if count == 1 else 'are'} too few to measure)" if done.kept else "")
+        print(f"BatchNorm statistics of {done.updated} layers recomputed on {tiles}, whole and un-augmented "
+              f"({time.perf_counter() - start:.1f} s; --bn-stats running keeps the training batches' running "
+              f"averages){kept}", flush=True)
 
 
 __all__ = ["BATCH_PIXELS", "MAX_TILES", "MIN_VALUES", "Recomputed", "batchnorm_layers",
