@@ -117,6 +117,7 @@ def recompute_batchnorm_statistics(model, batches) -> Recomputed:
     dropouts = [layer for layer in model._flatten_layers(include_self=False, recursive=True)
                 if isinstance(layer, keras.layers.Dropout)]
     momenta = [layer.momentum for layer in measured]
+    trainable = [layer.trainable for layer in kept]
     rates = [layer.rate for layer in dropouts]
     sums = [[0.0, 0.0] for _ in measured]  # per layer: weighted sum of means, of (variance + mean^2)
     total = 0.0
@@ -139,8 +140,8 @@ def recompute_batchnorm_statistics(model, batches) -> Recomputed:
     finally:
         for layer, momentum in zip(measured, momenta):
             layer.momentum = momentum
-        for layer in kept:
-            layer.trainable = True
+        for layer, flag in zip(kept, trainable):
+            layer.trainable = flag
         for layer, rate in zip(dropouts, rates):
             layer.rate = rate
     if total == 0:

@@ -153,6 +153,10 @@ def test_one_tile_keeps_the_image_pool_statistics_and_measures_the_rest_as_infer
     np.testing.assert_array_equal(moving(model.get_layer("pool_bn"))[0], kept[0])
     np.testing.assert_array_equal(moving(model.get_layer("pool_bn"))[1], kept[1])
     assert model.get_layer("pool_bn").trainable, "the kept layer is trainable again"
+    model.get_layer("pool_bn").trainable = False  # a frozen layer stays frozen
+    assert recompute_batchnorm_statistics(model, [(x,)]).kept == ("pool_bn",)
+    assert not model.get_layer("pool_bn").trainable
+    model.get_layer("pool_bn").trainable = True
     before_after = keras.Model(model.input, model.get_layer("conv2").output)
     features = np.asarray(before_after(x, training=False)).reshape(-1, 2).astype(np.float64)
     mean, variance = moving(model.get_layer("after"))
