@@ -192,15 +192,16 @@ def recompute_for_run(config, run_dir, model, tiles, stats, bands) -> None:
     calls it; under a distribution process 0 measures and the others take its figures) and say so."""
     import time
 
-    from keras_glacier.data.sampling import tile_shape
     from keras_glacier.training import parallel
-    from keras_glacier.training.data import statistics_sequence
+    from keras_glacier.training.data import effective_crop, statistics_sequence, tile_shapes
 
     if config.bn_stats != BN_STATS_TILES:
         return
     start = time.perf_counter()
     tiles = statistics_tiles(tiles, config.seed)
-    batch = statistics_batch_size(len(tiles), math.prod(tile_shape(tiles[0])))
+    shapes = tile_shapes(tiles)
+    crop = effective_crop(None, shapes)  # the side every tile is padded to where they differ
+    batch = statistics_batch_size(len(tiles), crop * crop if crop else math.prod(shapes[0]))
     sequence = statistics_sequence(config, run_dir, tiles, stats, bands, batch)
     done = parallel.update_from_chief(model, lambda local: recompute_batchnorm_statistics(local, sequence))
     if parallel.is_chief() and done and done.updated:

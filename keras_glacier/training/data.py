@@ -144,20 +144,32 @@ def ceil_to(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
 
 
-def effective_crop(requested: int | None, shape: tuple[int, int]) -> int | None:
-    """The crop the loader should use for tiles of ``shape``.
+def effective_crop(requested: int | None, shapes) -> int | None:
+    """The crop the loader should use for tiles of ``shapes`` (every tile's (height, width)).
 
-    Tiles larger than the requested crop are cropped (randomly in training). Smaller tiles are used
-    whole; when they are not multiples of the output stride they are padded up to one, with NaN
-    bands and ignored labels, so that no real pixel is dropped and none is invented.
+    With a requested crop and a tile longer than it on either side, the crop: larger tiles are cropped
+    (randomly in training) and smaller ones padded up to it. Otherwise every tile is used whole, padded
+    up to the longest side of them all (a multiple of the output stride), with NaN bands and ignored
+    labels, so that no real pixel is dropped and none is invented; None when every tile already is that
+    square. All the shapes count, not the first tile's: a crop decided by one tile cut the larger tiles
+    of a validation set down to their centres, and made a 160 x 480 first tile turn ``--crop 160`` into
+    480 x 480 crops.
     """
     from keras_glacier.constants import OUTPUT_STRIDE
 
-    h, w = shape
-    if requested is not None and min(h, w) > requested:
+    shapes = [tuple(shape) for shape in shapes]
+    longest = max(max(shape) for shape in shapes)
+    if requested is not None and longest > requested:
         return requested
-    side = ceil_to(max(h, w), OUTPUT_STRIDE)
-    return None if h == w == side else side
+    side = ceil_to(longest, OUTPUT_STRIDE)
+    return None if all(shape == (side, side) for shape in shapes) else side
+
+
+def tile_shapes(samples) -> list[tuple[int, int]]:
+    """Every sample's (height, width), read from its file's header."""
+    from keras_glacier.data.sampling import tile_shape
+
+    return [tile_shape(sample) for sample in samples]
 
 
 def encoder_for(config: TrainConfig, num_train_tiles: int) -> str:
@@ -174,11 +186,10 @@ def make_datasets(config: TrainConfig, run_dir: Path, train, val, stats, bands):
     whole-job sequences in ``distribution.ProcessShard`` to read its share.
     """
     from keras_glacier.data.dataset import GlacierSequence
-    from keras_glacier.data.sampling import tile_shape
 
     train_seq = training_sequence(config, run_dir, train, stats, bands)
     val_seq = GlacierSequence(
-        val, batch_size=config.batch_size, crop=effective_crop(None, tile_shape(val[0])), augment=None,
+        val, batch_size=config.batch_size, crop=effective_crop(None, tile_shapes(val)), augment=None,
         shuffle=False, seed=config.seed, **loader_settings(config, run_dir, stats, bands))
     return train_seq, val_seq
 
@@ -189,10 +200,9 @@ def statistics_sequence(config: TrainConfig, run_dir: Path, tiles, stats, bands,
     Read from their files, as inference reads them, not from the run's tile cache (a subset of the
     training tiles would be a cache of its own)."""
     from keras_glacier.data.dataset import GlacierSequence
-    from keras_glacier.data.sampling import tile_shape
 
     settings = {**loader_settings(config, run_dir, stats, bands), "cache_dir": None}
-    return GlacierSequence(tiles, batch_size=batch_size, crop=effective_crop(None, tile_shape(tiles[0])),
+    return GlacierSequence(tiles, batch_size=batch_size, crop=effective_crop(None, tile_shapes(tiles)),
                            augment=None, shuffle=False, seed=config.seed, **settings)
 
 
@@ -208,10 +218,10 @@ def training_sequence(config: TrainConfig, run_dir: Path, train, stats, bands):
     """The training dataset: ``samples_per_epoch`` augmented crops drawn in proportion to tile area."""
     from keras_glacier.data.augment import AugmentConfig
     from keras_glacier.data.dataset import GlacierSequence
-    from keras_glacier.data.sampling import default_samples_per_epoch, tile_shape
+    from keras_glacier.data.sampling import default_samples_per_epoch
 
-    shapes = [tile_shape(sample) for sample in train]
-    crop = effective_crop(config.crop, shapes[0])
+    shapes = tile_shapes(train)
+    crop = effective_crop(config.crop, shapes)
     samples = config.samples_per_epoch or default_samples_per_epoch(
         shapes, crop, config.batch_size, encoder_for(config, len(train)))
     augment = AugmentConfig(affine=resolved_affine(config, len(train))) if config.augment else None
