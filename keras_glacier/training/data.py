@@ -158,6 +158,8 @@ def effective_crop(requested: int | None, shapes) -> int | None:
     from keras_glacier.constants import OUTPUT_STRIDE
 
     shapes = [tuple(shape) for shape in shapes]
+    if not shapes:  # no tiles: nothing to decide from
+        return requested
     longest = max(max(shape) for shape in shapes)
     if requested is not None and longest > requested:
         return requested

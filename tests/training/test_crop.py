@@ -18,6 +18,7 @@ from keras_glacier.training.data import effective_crop
     (None, [(32, 32), (48, 64)], 64),             # validation: every tile whole, padded to the longest side
     (None, [(48, 64), (32, 32)], 64),
     (None, [(30, 30)], 32),                       # up to a multiple of the output stride
+    (128, [], 128),                               # no tiles
 ])
 def test_the_crop_follows_every_tile(requested, shapes, expected):
     assert effective_crop(requested, shapes) == expected
